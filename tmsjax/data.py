@@ -1,0 +1,119 @@
+r"""Data for the TMS: samplers, and datasets padded to a fixed size with a mask.
+
+Dataset size is data, not shape (DESIGN.md §2): a :class:`Dataset` holds `x` of shape
+(n_max, c) and a boolean `mask` whose first n entries are True. A sweep over n uses *nested*
+datasets (the first n points of one draw), so every n runs in the same compiled program.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tmsjax._checks import as_float_array, check_positive_int
+from tmsjax.types import Array, Bool, Float, Int, PRNGKey
+
+
+class Dataset(NamedTuple):
+    """A padded dataset. Real rows come first; `mask[k]` says whether row k is data.
+
+    Attributes:
+      x: inputs (targets are the inputs themselves), shape (n_max, num_features).
+      mask: boolean (n_max,).
+    """
+
+    x: Float[Array, "n_max num_features"]
+    mask: Bool[Array, " n_max"]
+
+    @property
+    def num_data(self) -> Int[Array, ""]:
+        """The dataset size n = mask.sum() (a traced value under jit)."""
+        return jnp.sum(self.mask, axis=-1)
+
+
+def sample_sparse_limit(key: PRNGKey, num_data: int, num_features: int) -> Float[Array, "num_data num_features"]:
+    r"""The high-sparsity-limit distribution of Chen et al.: :math:`x = \mu e_i`, i uniform, μ ~ U[0, 1]."""
+    num_data = check_positive_int("num_data", num_data)
+    num_features = check_positive_int("num_features", num_features)
+    key_i, key_mu = jax.random.split(key)
+    index = jax.random.randint(key_i, (num_data,), 0, num_features)
+    mu = jax.random.uniform(key_mu, (num_data,))
+    return jax.nn.one_hot(index, num_features) * mu[:, None]
+
+
+def sample_sparse(
+    key: PRNGKey, num_data: int, num_features: int, feature_probability: float | Float[Array, " num_features"]
+) -> Float[Array, "num_data num_features"]:
+    r"""Elhage et al.'s sparse data: feature i present with probability p_i (= 1 − S), value U[0, 1].
+
+    Importance weights act on the loss, not the data: pass them to :func:`tmsjax.model.loss`.
+    """
+    num_data = check_positive_int("num_data", num_data)
+    num_features = check_positive_int("num_features", num_features)
+    p = np.asarray(feature_probability, dtype=float) if not isinstance(feature_probability, jax.Array) else feature_probability
+    if not isinstance(p, jax.core.Tracer) and (np.any(np.asarray(p) < 0) or np.any(np.asarray(p) > 1)):
+        raise ValueError(f"feature_probability must lie in [0, 1], got {feature_probability!r}")
+    key_on, key_value = jax.random.split(key)
+    present = jax.random.uniform(key_on, (num_data, num_features)) < p
+    return present * jax.random.uniform(key_value, (num_data, num_features))
+
+
+def make_dataset(x, n_max: int | None = None) -> Dataset:
+    """Wraps all rows of `x` as data, padded with zero rows up to `n_max`."""
+    x = as_float_array("x", x, ndim=2)
+    n = x.shape[0]
+    n_max = n if n_max is None else check_positive_int("n_max", n_max)
+    if n_max < n:
+        raise ValueError(f"n_max={n_max} is smaller than the {n} rows of x")
+    if n == 0:
+        raise ValueError("x has no rows: n must be positive")
+    padded = jnp.concatenate([x, jnp.zeros((n_max - n, x.shape[1]), x.dtype)])
+    return Dataset(padded, jnp.arange(n_max) < n)
+
+
+def nested_datasets(x, sizes) -> Dataset:
+    """Datasets of sizes `sizes` made of the first n rows of `x`, stacked on a leading axis.
+
+    Returns:
+      A Dataset with x (len(sizes), n_max, c) and mask (len(sizes), n_max), n_max = x.shape[0].
+    """
+    x = as_float_array("x", x, ndim=2)
+    sizes = np.asarray(sizes)
+    if sizes.ndim != 1 or sizes.size == 0:
+        raise ValueError(f"sizes must be a non-empty 1-d sequence, got {sizes!r}")
+    if np.any(sizes <= 0) or np.any(sizes != np.round(sizes)):
+        raise ValueError(f"sizes must be positive integers, got {sizes.tolist()}")
+    if np.any(sizes > x.shape[0]):
+        raise ValueError(f"sizes {sizes.tolist()} exceed the {x.shape[0]} rows of x")
+    mask = jnp.arange(x.shape[0])[None, :] < jnp.asarray(sizes)[:, None]
+    return Dataset(jnp.broadcast_to(x, (len(sizes), *x.shape)), mask)
+
+
+def sample_minibatch(key: PRNGKey, dataset: Dataset, batch_size: int) -> Float[Array, "batch_size num_features"]:
+    """Draws `batch_size` rows uniformly with replacement from the real rows of a padded dataset.
+
+    Relies on real rows coming first (as :func:`make_dataset` and :func:`nested_datasets` build
+    them), so that index = floor(u · n) works with n traced.
+    """
+    n = dataset.num_data
+    index = jnp.floor(jax.random.uniform(key, (batch_size,)) * n).astype(jnp.int32)
+    index = jnp.minimum(index, n - 1)
+    return dataset.x[index]
+
+
+def epoch_permutation(key: PRNGKey, dataset: Dataset) -> Int[Array, " n_max"]:
+    """A random order of the real rows first, padding rows last: shuffling without replacement, n traced."""
+    scores = jax.random.uniform(key, dataset.mask.shape)
+    return jnp.argsort(jnp.where(dataset.mask, scores, 2.0))
+
+
+__all__ = [
+    "Dataset",
+    "sample_sparse_limit",
+    "sample_sparse",
+    "make_dataset",
+    "nested_datasets",
+    "sample_minibatch",
+    "epoch_permutation",
+]

@@ -1,0 +1,160 @@
+r"""The Toy Model of Superposition: parameters, forward map, empirical loss, initialisations.
+
+The model is the tied ReLU autoencoder of Elhage et al. (2022),
+
+.. math:: f(x; W, b) = \mathrm{ReLU}(W^\top W x + b), \qquad W \in \mathbb{R}^{r\times c},\ b \in \mathbb{R}^c,
+
+and the loss is the squared error summed over the c outputs, *not* halved, averaged over samples
+(Chen et al. 2023, eq. (2)): :math:`L_n(W, b) = \frac1n \sum_k \lVert x_k - f(x_k)\rVert^2`.
+
+References:
+  Elhage et al., "Toy Models of Superposition" (2022).
+  Chen, Lau, Mendel, Wei, Murfet, "Dynamical versus Bayesian phase transitions in a toy model of
+  superposition" (2023), arXiv:2310.06301.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from tmsjax._checks import as_float_array, check_params, check_positive_int
+from tmsjax.types import Array, Bool, Float, PRNGKey
+
+
+class TMSParams(NamedTuple):
+    """TMS parameters: a pytree that passes straight through blackjax and optax.
+
+    Attributes:
+      W: weights, shape (num_hidden, num_features); column i embeds feature i.
+      b: output bias, shape (num_features,).
+    """
+
+    W: Float[Array, "num_hidden num_features"]
+    b: Float[Array, " num_features"]
+
+
+def reconstruct(params: TMSParams, x: Float[Array, "... num_features"]) -> Float[Array, "... num_features"]:
+    r"""The forward map :math:`\mathrm{ReLU}(W^\top W x + b)` on a batch of inputs."""
+    hidden = x @ params.W.T
+    return jax.nn.relu(hidden @ params.W + params.b)
+
+
+def loss(
+    params: TMSParams,
+    x: Float[Array, "num_data num_features"],
+    mask: Bool[Array, " num_data"] | None = None,
+    importance: Float[Array, " num_features"] | None = None,
+) -> Float[Array, ""]:
+    r"""Empirical loss of a parameter pytree: the function samplers and optimisers differentiate.
+
+    .. math:: L_n(w) = \frac{1}{n}\sum_{k:\,\mathrm{mask}_k} \sum_i I_i\,(x_{ki} - f_i(x_k; w))^2,
+              \qquad n = \sum_k \mathrm{mask}_k.
+
+    Args:
+      params: the model parameters.
+      x: inputs (and targets), padded rows allowed.
+      mask: which rows are real data; None means all of them. `n` is its sum, a traced value, so
+        datasets of different sizes padded to one shape share one compiled program.
+      importance: optional per-feature weights I_i of Elhage et al. (default 1).
+
+    Returns:
+      The scalar loss. An all-False mask gives NaN (there is no data to average over).
+    """
+    residual = x - reconstruct(params, x)
+    squared = residual**2 if importance is None else importance * residual**2
+    per_sample = jnp.sum(squared, axis=-1)
+    if mask is None:
+        return jnp.mean(per_sample)
+    mask = mask.astype(per_sample.dtype)
+    return jnp.sum(per_sample * mask) / jnp.sum(mask)
+
+
+def empirical_loss(W, b, x, mask=None, importance=None) -> Float[Array, ""]:
+    r"""Empirical TMS loss :math:`L_n(W, b)` (squared error summed over outputs, mean over samples).
+
+    Args:
+      W: weights (num_hidden, num_features).
+      b: bias (num_features,).
+      x: data (num_data, num_features), e.g. from :func:`tmsjax.data.sample_sparse_limit`.
+      mask: optional boolean (num_data,) marking the real rows of a padded dataset.
+      importance: optional per-feature loss weights (num_features,).
+
+    Raises:
+      ValueError: on wrong shapes or dtypes, NaN parameters, or an empty mask.
+    """
+    W, b = check_params(W, b)
+    x = as_float_array("x", x, ndim=2)
+    if x.shape[1] != W.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} features but W has {W.shape[1]} columns")
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        if mask.shape != (x.shape[0],):
+            raise ValueError(f"mask must have shape ({x.shape[0]},), got {tuple(mask.shape)}")
+        if not isinstance(mask, jax.core.Tracer) and not bool(mask.any()):
+            raise ValueError("mask selects no data: n must be positive")
+    if importance is not None:
+        importance = as_float_array("importance", importance, ndim=1)
+        if importance.shape[0] != W.shape[1]:
+            raise ValueError(f"importance must have shape ({W.shape[1]},), got {importance.shape}")
+    return loss(TMSParams(W, b), x, mask, importance)
+
+
+def init_params(
+    key: PRNGKey, num_features: int, num_hidden: int = 2, *, scale: float = 1.0, bias_scale: float = 0.0
+) -> TMSParams:
+    """Random parameters: W ~ N(0, scale²), b ~ N(0, bias_scale²) (b = 0 by default)."""
+    num_features = check_positive_int("num_features", num_features)
+    num_hidden = check_positive_int("num_hidden", num_hidden)
+    key_W, key_b = jax.random.split(key)
+    W = scale * jax.random.normal(key_W, (num_hidden, num_features))
+    b = bias_scale * jax.random.normal(key_b, (num_features,))
+    return TMSParams(W, b)
+
+
+def init_near_kgon(
+    key: PRNGKey,
+    k: int,
+    num_features: int,
+    *,
+    radius: float | tuple[float, float] = (0.9, 1.0),
+    noise: float = 0.01,
+    bias: float | tuple[float, float] = (-0.01, 0.01),
+) -> TMSParams:
+    r"""Parameters near a regular k-gon (r = 2), the starting points of the paper's SGD runs.
+
+    k random features get columns :math:`\rho\,(\cos(\theta + 2\pi j/k), \sin(\theta + 2\pi j/k))` with a
+    random rotation θ and a random permutation of features; the other columns are 0. Everything gets
+    N(0, noise²) noise.
+
+    Args:
+      key: PRNG key.
+      k: number of live columns (vertices).
+      num_features: c.
+      radius: polygon radius ρ, a number or a (low, high) range to draw it from uniformly.
+      noise: standard deviation of the Gaussian noise on W.
+      bias: a constant bias, or a (low, high) range to draw each b_i from uniformly.
+    """
+    num_features = check_positive_int("num_features", num_features)
+    k = check_positive_int("k", k)
+    if k > num_features:
+        raise ValueError(f"k={k} exceeds num_features={num_features}")
+    key_r, key_theta, key_perm, key_noise, key_b = jax.random.split(key, 5)
+    if isinstance(radius, tuple):
+        rho = jax.random.uniform(key_r, (), minval=radius[0], maxval=radius[1])
+    else:
+        rho = jnp.asarray(radius, dtype=float)
+    theta = jax.random.uniform(key_theta, (), maxval=2 * jnp.pi)
+    angles = theta + 2 * jnp.pi * jnp.arange(num_features) / k
+    live = jnp.arange(num_features) < k
+    columns = rho * jnp.stack([jnp.cos(angles), jnp.sin(angles)]) * live
+    columns = columns[:, jax.random.permutation(key_perm, num_features)]
+    W = columns + noise * jax.random.normal(key_noise, columns.shape)
+    if isinstance(bias, tuple):
+        b = jax.random.uniform(key_b, (num_features,), minval=bias[0], maxval=bias[1])
+    else:
+        b = jnp.full((num_features,), bias, dtype=float)
+    return TMSParams(W, b)
+
+
+__all__ = ["TMSParams", "reconstruct", "loss", "empirical_loss", "init_params", "init_near_kgon"]
