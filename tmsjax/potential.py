@@ -28,11 +28,13 @@ from tmsjax.types import Array, Float
 def _cross_terms(a, b):
     """3∫(ReLU(μ a + b))² dμ over [0, 1], elementwise (output bias b, off-diagonal a)."""
     # b <= 0: the output fires only for mu > -b/a, which needs a > 0 and -b/a <= 1.
-    fires = (a > 0) & (-a <= b)
+    # Each guard includes its branch's bias sign: the branch not selected is still differentiated,
+    # and an unguarded division there turns the whole gradient into NaN.
+    fires = (b <= 0) & (a > 0) & (-a <= b)
     a_fires = jnp.where(fires, a, 1.0)
     negative_bias = jnp.where(fires, (a_fires + b) ** 3 / a_fires, 0.0)
     # b > 0: the output fires from mu = 0 and stops at mu = b/|a| when that is inside [0, 1].
-    stops = -a > b
+    stops = (b > 0) & (-a > b)
     a_stops = jnp.where(stops, a, -1.0)
     positive_bias = jnp.where(stops, -(b**3) / a_stops, a**2 + 3 * a * b + 3 * b**2)
     return jnp.where(b <= 0, negative_bias, positive_bias)
@@ -41,7 +43,7 @@ def _cross_terms(a, b):
 def _self_terms(l2, b):
     """3∫(μ − ReLU(μ l² + b))² dμ over [0, 1], elementwise."""
     full = (1 - l2) ** 2 - 3 * (1 - l2) * b + 3 * b**2
-    fires = (l2 > 0) & (-l2 <= b)
+    fires = (b <= 0) & (l2 > 0) & (-l2 <= b)
     l2_fires = jnp.where(fires, l2, 1.0)
     negative_bias = jnp.where(fires, b**3 / l2_fires**2 + b**3 / l2_fires + full, 1.0)
     return jnp.where(b <= 0, negative_bias, full)

@@ -1,0 +1,56 @@
+"""The catalogue of TMS critical points and its energy levels.
+
+Question: which regular k^{σ+,σ−}-gons are critical points of the closed-form TMS potential, at what
+loss, with which Hessian signature and (where known) which learning coefficient λ?
+
+Method: for each number of features c, build every k^{σ+,σ−}-gon, refine (l*, b*) by Newton's method
+in float64 (‖∇L‖ < 1e-10), and compute the Hessian spectrum and the free-energy constant ½‖w*‖².
+
+Writes ``DIR/summary.json`` (every point: label, k, sigma_plus, sigma_minus, loss, llc or null,
+grad_norm, Hessian counts, constant), ``DIR/energy_levels_c{c}.png`` and ``DIR/config.json``.
+
+References: Chen, Lau, Mendel, Wei, Murfet (2023), arXiv:2310.06301, §3, App. A, E.
+
+Usage: python -m experiments.critical_points --out results/critical_points [--features 4,5,6,7,8]
+"""
+
+import argparse
+
+from tmsjax.critical import critical_points
+from tmsjax.plotting import energy_diagram
+from tmsjax.results import ResultStore
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--features", default="4,5,6,7,8", help="comma-separated numbers of features c")
+    parser.add_argument("--smoke", action="store_true", help="c = 6 only (seconds)")
+    return parser.parse_args(argv)
+
+
+def main(args) -> dict:
+    features = [6] if args.smoke else [int(c) for c in args.features.split(",")]
+    store = ResultStore(args.out)
+    store.write_config({"features": features})
+    catalogues = {}
+    for c in features:
+        points = critical_points(c)
+        catalogues[str(c)] = [p.as_dict() for p in points]
+        store.save_figure(f"energy_levels_c{c}.png", energy_diagram(points, num_features=c))
+        print(f"c = {c}: {len(points)} critical points")
+        for p in points:
+            llc = "   -" if p.llc is None else f"{p.llc:4g}"
+            print(f"  {p.label:8s} L = {p.loss:.5f}  λ = {llc}  |∇L| = {p.grad_norm:.1e}  "
+                  f"zero/neg = {p.num_zero}/{p.num_negative}  c = {p.constant:.5f}")
+    summary = {
+        "catalogues": catalogues,
+        "max_grad_norm": max(r["grad_norm"] for cat in catalogues.values() for r in cat),
+        "num_points": {c: len(cat) for c, cat in catalogues.items()},
+    }
+    store.write_summary(summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,117 @@
+"""The phase classifier: invariances, catalogue points, junk, batches, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tmsjax
+from tmsjax.critical import critical_points
+from tmsjax.phases import canonicalize, classify, classify_batch, make_classifier, phase_labels
+
+
+def random_symmetry(rng, W, b):
+    """A random rotation or reflection of the plane and a random permutation of the features."""
+    theta = rng.uniform(0, 2 * np.pi)
+    R = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    if rng.random() < 0.5:
+        R = R @ np.diag([1.0, -1.0])
+    perm = rng.permutation(W.shape[1])
+    return (R @ W)[:, perm], b[perm]
+
+
+@pytest.mark.parametrize("c", [5, 6, 7])
+def test_catalogue_points_classify_after_symmetries_and_noise(c):
+    rng = np.random.default_rng(c)
+    points = critical_points(c)
+    Ws, bs, expected = [], [], []
+    for p in points:
+        for _ in range(20):
+            W, b = random_symmetry(rng, p.W, p.b)
+            Ws.append(W + 1e-3 * rng.normal(size=W.shape))
+            bs.append(b + 1e-3 * rng.normal(size=b.shape))
+            expected.append(p.label)
+    result = classify_batch(np.asarray(Ws, np.float32), np.asarray(bs, np.float32))
+    assert list(result.labels) == expected
+    assert float(jnp.max(result.distance)) < 0.02
+
+
+def test_exact_points_have_zero_distance(x64):
+    for p in critical_points(6):
+        label, distance = classify(p.W, p.b)
+        assert label == p.label and distance < 1e-6
+
+
+def test_random_junk_is_unknown():
+    rng = np.random.default_rng(0)
+    W, b = rng.normal(size=(20_000, 2, 6)), rng.normal(size=(20_000, 6))
+    result = classify_batch(W.astype(np.float32), b.astype(np.float32))
+    # A junk point passes only if it lies within distance 1 of a critical set: about 1e-5 of them.
+    assert result.counts()["unknown"] >= 20_000 - 3
+    hull_only = classify_batch(W.astype(np.float32), b.astype(np.float32), max_distance=np.inf)
+    assert 0.2 < np.mean(hull_only.labels != "unknown") < 0.6  # the paper's hull count labels many
+
+
+def test_non_polygons_are_unknown():
+    # A triangle and two columns on one side: no catalogue label.
+    angles = 2 * np.pi * np.arange(3) / 3
+    W = np.zeros((2, 6))
+    W[:, :3] = 1.2 * np.stack([np.cos(angles), np.sin(angles)])
+    assert classify(W, -np.ones(6)).label == "unknown"
+    # A 5-gon with a silenced live output is not a critical point.
+    p = {q.label: q for q in critical_points(6)}["5"]
+    b = p.b.copy()
+    b[0] = -3.0
+    assert classify(p.W, b).label == "unknown"
+
+
+def test_batch_matches_single_and_classifier_is_jittable():
+    rng = np.random.default_rng(3)
+    points = critical_points(6)
+    W = np.stack([random_symmetry(rng, p.W, p.b)[0] + 0.05 * rng.normal(size=(2, 6)) for p in points])
+    b = np.stack([p.b for p in points])
+    batch = classify_batch(W, b)
+    singles = [classify(W[i], b[i]) for i in range(len(points))]
+    assert list(batch.labels) == [s.label for s in singles]
+    ids, distance = jax.jit(jax.vmap(make_classifier(6)))(jnp.asarray(W), jnp.asarray(b))
+    assert np.array_equal(ids, batch.ids) and np.allclose(distance, batch.distance, rtol=1e-5)
+    assert phase_labels(6)[-1] == "unknown" and batch.table == phase_labels(6)
+
+
+def test_canonicalize_is_invariant():
+    rng = np.random.default_rng(4)
+    p = {q.label: q for q in critical_points(6)}["5+"]
+    W = p.W + 0.01 * rng.normal(size=p.W.shape)
+    base = canonicalize(jnp.asarray(W), jnp.asarray(p.b))
+    for _ in range(5):
+        W2, b2 = random_symmetry(rng, W, p.b)
+        moved = canonicalize(jnp.asarray(W2), jnp.asarray(b2))
+        np.testing.assert_allclose(moved[0], base[0], atol=1e-5)
+        np.testing.assert_allclose(moved[1], base[1], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "W, b, match",
+    [
+        (np.zeros((3, 6)), np.zeros(6), "num_hidden=2"),
+        (np.zeros((2, 6)), np.zeros(4), "columns"),
+        (np.full((2, 6), np.nan), np.zeros(6), "NaN"),
+        (np.zeros((2, 6), dtype=np.int32).astype(object), np.zeros(6), "W"),
+    ],
+)
+def test_bad_input(W, b, match):
+    with pytest.raises(ValueError, match=match):
+        classify(W, b)
+
+
+def test_bad_batch_input():
+    with pytest.raises(ValueError, match="3 dimensions"):
+        classify_batch(np.zeros((2, 6)), np.zeros(6))
+    with pytest.raises(ValueError, match="batch axis"):
+        classify_batch(np.zeros((4, 2, 6)), np.zeros((3, 6)))
+
+
+def test_top_level_api():
+    p = critical_points(6)[0]
+    assert tmsjax.classify(p.W, p.b).label == "6"
+    assert list(tmsjax.classify_batch(p.W[None], p.b[None]).labels) == ["6"]
