@@ -1,0 +1,102 @@
+"""The main job: every experiment at CPU scale, and one report with every figure and key number.
+
+Runs, in order, the critical-point catalogue, SGD plateaus and the developmental animation, λ̂ at
+critical points and along training, the Bayesian phase transitions, and the transition detectors;
+then writes ``DIR/report.md`` with each figure and the key numbers next to the paper's, and
+``DIR/summary.json`` with the same numbers for programs.
+
+Each experiment writes into its own sub-folder as it goes; a re-run skips every experiment whose
+``summary.json`` exists, so an interrupted reproduction resumes where it stopped. A failing
+experiment is reported (with its error) and does not stop the others.
+
+Usage:
+  python -m experiments.reproduce --out results            # CPU scale, minutes
+  python -m experiments.reproduce --out results --preset paper   # paper scale, for a GPU
+"""
+
+import argparse
+import importlib
+import json
+import time
+import traceback
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from tmsjax.results import ResultStore, to_jsonable
+
+# (name, extra CLI arguments at CPU scale); each module lives in experiments/NAME.py.
+EXPERIMENTS = [
+    ("critical_points", []),
+    ("sgd_plateaus", []),
+    ("developmental_stages", []),
+    ("llc_critical_points", []),
+    ("llc_trajectories", []),
+    ("bayesian_transitions", []),
+    ("detect_transitions", []),
+]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="every experiment at its smoke size (seconds each)")
+    parser.add_argument("--only", default=None, help="comma-separated subset of experiments")
+    return parser.parse_args(argv)
+
+
+def _run_one(name: str, extra: list[str], out: Path, args) -> dict:
+    module = importlib.import_module(f"experiments.{name}")
+    argv = [*extra, "--out", str(out)]
+    if args.smoke:
+        argv.append("--smoke")
+    elif args.preset == "paper":
+        argv += ["--preset", "paper"]
+    module.main(module.parse_args(argv))
+    return json.loads((out / "summary.json").read_text())
+
+
+def main(args) -> dict:
+    from experiments import report as report_module
+
+    root = Path(args.out)
+    store = ResultStore(root)
+    store.write_config({"preset": args.preset, "smoke": args.smoke})
+    selected = EXPERIMENTS if args.only is None else [e for e in EXPERIMENTS if e[0] in args.only.split(",")]
+    status = {}
+    bar = tqdm(selected, desc="reproduce", unit="experiment")
+    for name, extra in bar:
+        bar.set_postfix_str(name)
+        out = root / name
+        if (out / "summary.json").exists():
+            status[name] = {"status": "done (resumed)", "seconds": None}
+            continue
+        start = time.perf_counter()
+        try:
+            _run_one(name, extra, out, args)
+            status[name] = {"status": "ok", "seconds": time.perf_counter() - start}
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # reported, and the other experiments still run
+            status[name] = {"status": "failed", "error": f"{type(error).__name__}: {error}",
+                            "traceback": traceback.format_exc(), "seconds": time.perf_counter() - start}
+            tqdm.write(f"[reproduce] {name} failed: {error}")
+    summaries = {
+        name: json.loads((root / name / "summary.json").read_text())
+        for name, _ in selected
+        if (root / name / "summary.json").exists()
+    }
+    key_numbers = report_module.key_numbers(summaries)
+    (root / "report.md").write_text(report_module.render(root, status, key_numbers))
+    summary = {"status": status, "key_numbers": key_numbers}
+    store.write_summary(to_jsonable(summary))
+    print(f"wrote {root / 'report.md'}")
+    failed = [n for n, s in status.items() if s["status"] == "failed"]
+    if failed:
+        print(f"failed experiments: {failed} (see report.md)")
+    return summary
+
+
+if __name__ == "__main__":
+    main(parse_args())
