@@ -1,0 +1,412 @@
+r"""Bayesian phase transitions in the TMS: NUTS phase occupancy across dataset sizes vs free-energy theory.
+
+Question: as the number of samples n grows, does the posterior's dominant phase move from the 5-gon to
+the 6-gon where the free energy formula :math:`F_n \approx nL + \lambda\log n + c` predicts
+(n ≈ 601 at c = 6; 5⁺ → 6 near 202)?
+
+Method (Chen et al. 2023 §5):
+
+- target: :math:`p_n(w) \propto \mathcal N(w; 0, I)\,e^{-nL_n(w)}` with the unhalved loss
+  (:mod:`tmsjax.posterior`), on nested datasets: the first n points of one draw of n_max points from
+  the high-sparsity-limit distribution, padded and masked so every n runs in one compiled program;
+- sampler: blackjax NUTS with per-chain Stan window adaptation (:mod:`tmsjax.sampling.nuts`), vmapped
+  over the (n, chain) grid, run in blocks of n values that are written to disk as they finish (a
+  re-run resumes); ``--sampler chees`` runs ChEES-HMC instead (chains of one n share a trajectory
+  length);
+- coarse-graining: every draw classified by :func:`tmsjax.phases.classify_batch` with
+  ``max_distance=inf`` (the paper's hull-vertex count plus bias signs: at n ≲ 1000 the posterior
+  spread is comparable to the classifier's default distance cut, which would call most draws
+  "unknown");
+- occupancy per phase and n with an error bar :math:`\sqrt{p(1-p)/\mathrm{ESS}}` where the ESS of the
+  phase indicator is capped by the number of independent phase assignments (chains plus observed
+  switches: a chain that never switches is one assignment, not num_samples of them);
+- theory: softmax of :math:`-F_n` over the catalogue phases with known λ (6, 5⁺, 5 at c = 6;
+  ``--llc-estimates`` adds 4-gons), crossings from :mod:`tmsjax.theory`.
+
+Initialisation (our choice, with reasons). Chains started from the prior N(0, I) spend most of a short
+warmup wandering through high-loss configurations (3-gons, 4-gons with silenced outputs) before the
+likelihood pulls them into a polygon, and at n ≳ 1000 the barriers between polygons keep them where
+they land, so prior starts measure the basins of attraction of the warmup dynamics more than the
+posterior. We therefore start an equal number of chains near each phase of the theory set (a random
+rotation and feature permutation of the catalogue point plus N(0, 0.05²) noise) and use a warmup of a
+few hundred steps: at the n where the competition happens (300–1000) chains switch between 5- and
+6-gons freely during warmup (we record the number of switches per chain to check this), so a balanced
+start does not decide the answer, and it removes the bias of never finding the 6-gon. ``--init prior``
+is available to measure the difference.
+
+Tree depth. The posterior is invariant under the O(2) rotation of all columns, a ring of radius
+‖W‖ ≈ 3 that NUTS trajectories keep travelling around (depth 6–7 unconstrained). Occupancies are
+rotation-invariant, so we cap the tree depth (``--max-doublings``, 5 = 31 leapfrog steps by default on
+CPU): still an exact MCMC kernel, a several-fold saving, at the cost of slower mixing along a
+direction nobody measures.
+
+Writes ``DIR/config.json``, ``DIR/n_XXXXX.npz`` per dataset size (phase ids, sampler info, a thinned
+subset of draws), ``DIR/summary.json`` (occupancies with errors, theoretical occupancies, empirical and
+theoretical crossings, sampler diagnostics), ``DIR/occupancy.png`` and ``DIR/tsne.png``.
+
+References:
+  Chen, Lau, Mendel, Wei, Murfet (2023), "Dynamical versus Bayesian phase transitions in a toy model
+  of superposition", arXiv:2310.06301, §5, Fig. 4–5.
+
+Usage:
+  python -m experiments.bayesian_transitions --out results/bayes            # CPU default, minutes
+  python -m experiments.bayesian_transitions --out results/bayes --preset paper   # GPU, c = 6, 5, 4
+"""
+
+import argparse
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tmsjax import diagnostics, theory
+from tmsjax.critical import critical_points
+from tmsjax.data import nested_datasets, sample_sparse_limit
+from tmsjax.model import TMSParams
+from tmsjax.phases import canonicalize, classify_batch, phase_labels
+from tmsjax.posterior import make_logdensity_fn
+from tmsjax.results import ResultStore
+from tmsjax.sampling.nuts import lockstep_efficiency, make_chees_sweep, make_nuts_sweep
+
+PRESETS = {
+    # CPU default: nine n around the predicted transitions, 4 chains per theory phase.
+    "cpu": dict(
+        num_features=6, sizes="150,250,350,450,550,650,800,1000,1300", chains_per_phase=4,
+        num_warmup=400, num_samples=400, max_doublings=5, block_sizes=3,
+    ),
+    # GPU: the paper's range, 100..2000 for c = 6 (c = 4, 5 get 100..600 in their own run).
+    "paper": dict(
+        num_features=6, sizes="100,150,200,250,300,400,500,600,700,800,900,1000,1200,1400,1700,2000",
+        chains_per_phase=32, num_warmup=1000, num_samples=2000, max_doublings=8, block_sizes=16,
+    ),
+    "smoke": dict(
+        num_features=6, sizes="200,600", chains_per_phase=1, num_warmup=20, num_samples=20,
+        max_doublings=3, block_sizes=2,
+    ),
+}
+PAPER_SMALL_C_SIZES = "100,150,200,250,300,400,500,600"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (re-running resumes)")
+    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="tiny run (seconds), for tests")
+    parser.add_argument("--num-features", type=int, default=None, help="c (preset: 6)")
+    parser.add_argument("--sizes", default=None, help="comma-separated dataset sizes n")
+    parser.add_argument("--chains-per-phase", type=int, default=None)
+    parser.add_argument("--num-warmup", type=int, default=None)
+    parser.add_argument("--num-samples", type=int, default=None)
+    parser.add_argument("--max-doublings", type=int, default=None, help="NUTS tree depth cap")
+    parser.add_argument("--block-sizes", type=int, default=None, help="dataset sizes per compiled call")
+    parser.add_argument("--sampler", choices=["nuts", "chees"], default="nuts")
+    parser.add_argument("--init", choices=["phases", "prior"], default="phases")
+    parser.add_argument("--prior-std", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=1.0, help="likelihood scale T")
+    parser.add_argument("--llc-estimates", default=None, help='JSON dict of λ for 4-gons, e.g. \'{"4": 5.0}\'')
+    parser.add_argument("--tsne-points", type=int, default=1500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def settings_from_args(args) -> dict:
+    preset = dict(PRESETS["smoke" if args.smoke else args.preset])
+    for name in ("num_features", "sizes", "chains_per_phase", "num_warmup", "num_samples", "max_doublings", "block_sizes"):
+        value = getattr(args, name)
+        if value is not None:
+            preset[name] = value
+    sizes = sorted({int(s) for s in str(preset["sizes"]).split(",")})
+    if not sizes or min(sizes) <= 0:
+        raise ValueError(f"--sizes must be positive integers, got {preset['sizes']!r}")
+    preset["sizes"] = sizes
+    preset.update(
+        sampler=args.sampler, init=args.init, prior_std=args.prior_std, temperature=args.temperature,
+        llc_estimates=json.loads(args.llc_estimates) if args.llc_estimates else {}, seed=args.seed,
+        tsne_points=args.tsne_points,
+    )
+    return preset
+
+
+def initial_positions(key, labels, num_features, init: str, num_chains: int) -> TMSParams:
+    """Starting points: near catalogue phases (cycled over `labels`) or prior draws N(0, I)."""
+    key_rot, key_perm, key_noise = jax.random.split(key, 3)
+    if init == "prior":
+        W = jax.random.normal(key_noise, (num_chains, 2, num_features))
+        b = jax.random.normal(jax.random.fold_in(key_noise, 1), (num_chains, num_features))
+        return TMSParams(W, b)
+    catalogue = {p.label: p for p in critical_points(num_features)}
+    chosen = [catalogue[labels[i % len(labels)]] for i in range(num_chains)]
+    W = jnp.asarray(np.stack([p.W for p in chosen]), jnp.float32)
+    b = jnp.asarray(np.stack([p.b for p in chosen]), jnp.float32)
+    theta = jax.random.uniform(key_rot, (num_chains,), maxval=2 * jnp.pi)
+    rotation = jnp.stack([jnp.stack([jnp.cos(theta), -jnp.sin(theta)], -1), jnp.stack([jnp.sin(theta), jnp.cos(theta)], -1)], -2)
+    W = rotation @ W
+    perms = jax.vmap(lambda k: jax.random.permutation(k, num_features))(jax.random.split(key_perm, num_chains))
+    W = jnp.take_along_axis(W, perms[:, None, :], axis=-1)
+    b = jnp.take_along_axis(b, perms, axis=-1)
+    # N(0, 0.05²): off the critical set so adaptation sees the local curvature, far inside the basin.
+    key_w, key_b = jax.random.split(key_noise)
+    return TMSParams(W + 0.05 * jax.random.normal(key_w, W.shape), b + 0.05 * jax.random.normal(key_b, b.shape))
+
+
+def phase_switches(ids: np.ndarray) -> np.ndarray:
+    """Number of changes of phase id along each chain (num_chains, num_draws) -> (num_chains,)."""
+    return np.sum(ids[:, 1:] != ids[:, :-1], axis=1)
+
+
+def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None:
+    """Runs every dataset size not yet on disk, a block of n values per compiled call."""
+    from tqdm.auto import tqdm
+
+    c = settings["num_features"]
+    sizes = settings["sizes"]
+    todo = [n for n in sizes if not store.has(f"n_{n:05d}")]
+    if not todo:
+        return
+    init_labels = [p.label for p in theory.catalogue_phases(c, settings["llc_estimates"])]
+    if not init_labels:  # c = 4: no phase with known λ; start near the lowest-loss catalogue points
+        init_labels = [p.label for p in critical_points(c)[:3]]
+    num_chains = settings["chains_per_phase"] * len(init_labels)
+    key = jax.random.key(settings["seed"])
+    key_data, key_run = jax.random.split(key)
+    n_max = max(sizes)
+    x = sample_sparse_limit(key_data, n_max, c)
+    logdensity_fn = make_logdensity_fn(settings["prior_std"], settings["temperature"])
+    common = dict(num_warmup=settings["num_warmup"], num_samples=settings["num_samples"])
+    if settings["sampler"] == "nuts":
+        sweep = make_nuts_sweep(logdensity_fn, max_num_doublings=settings["max_doublings"], **common)
+    else:
+        sweep = make_chees_sweep(logdensity_fn, num_chains=num_chains, **common)
+    block = settings["block_sizes"]
+    blocks = [todo[i : i + block] for i in range(0, len(todo), block)]
+    bar = tqdm(total=len(todo), desc=f"{settings['sampler']} sweep c={c}", disable=not progress)
+    for sizes_block in blocks:
+        # Pad the last block by repeating its last n so every call has one shape (one compilation).
+        padded = sizes_block + [sizes_block[-1]] * (block - len(sizes_block))
+        datasets = nested_datasets(x, padded)
+        # Keys and starts depend on n only, not on the blocking, so a resumed run is the same run.
+        keys_n = [jax.random.fold_in(key_run, n) for n in padded]
+        inits = [initial_positions(k, init_labels, c, settings["init"], num_chains) for k in keys_n]
+        chain_keys = jnp.stack([jax.random.split(k, num_chains) for k in keys_n])  # (block, chains)
+        start = time.perf_counter()
+        if settings["sampler"] == "nuts":
+            grid_data = jax.tree.map(lambda d: jnp.repeat(d, num_chains, axis=0), datasets)
+            positions = jax.tree.map(lambda *xs: jnp.concatenate(xs), *inits)
+            result = sweep(chain_keys.reshape(-1), positions, grid_data)
+        else:
+            positions = jax.tree.map(lambda *xs: jnp.stack(xs), *inits)
+            result = sweep(chain_keys[:, 0], positions, datasets)
+        result = jax.device_get(result)
+        seconds = time.perf_counter() - start
+        for index, n in enumerate(sizes_block):
+            part = jax.tree.map(lambda a: np.asarray(a).reshape(block, num_chains, *np.shape(a)[1:])[index], result)
+            save_size(store, n, part, c, seconds / len(sizes_block), init_labels)
+            bar.update(1)
+    bar.close()
+
+
+def save_size(store: ResultStore, n: int, part, c: int, seconds: float, init_labels) -> None:
+    W, b = np.asarray(part.positions.W), np.asarray(part.positions.b)
+    num_chains, num_draws = W.shape[:2]
+    classes = classify_batch(W.reshape(-1, 2, c), b.reshape(-1, c), max_distance=math.inf)
+    ids = np.asarray(classes.ids).reshape(num_chains, num_draws)
+    init_ids = np.asarray(
+        classify_batch(np.asarray(part.initial_positions.W), np.asarray(part.initial_positions.b), max_distance=math.inf).ids
+    )
+    thin = max(1, num_draws // 50)  # 50 draws per chain kept for the t-SNE
+    store.save_arrays(
+        f"n_{n:05d}",
+        ids=ids,
+        init_ids=init_ids,
+        W=W[:, ::thin],
+        b=b[:, ::thin],
+        is_divergent=np.asarray(part.info.is_divergent),
+        tree_depth=np.asarray(part.info.tree_depth),
+        num_integration_steps=np.asarray(part.info.num_integration_steps),
+        acceptance_rate=np.asarray(part.info.acceptance_rate),
+        logdensity=np.asarray(part.info.logdensity),
+        step_size=np.asarray(part.step_size),
+        warmup_divergences=np.asarray(part.warmup_divergences),
+        seconds=np.asarray(seconds),
+        positions_ess=diagnostics.effective_sample_size(
+            np.concatenate([W.reshape(num_chains, num_draws, -1), b], axis=-1)
+        ) if num_draws >= 4 else np.zeros(3 * c),
+    )
+
+
+def analyse(settings: dict, store: ResultStore) -> dict:
+    c = settings["num_features"]
+    sizes = settings["sizes"]
+    table = list(phase_labels(c))
+    theory_phases = theory.catalogue_phases(c, settings["llc_estimates"])
+    tlabels = [p.label for p in theory_phases]
+    shown = list(dict.fromkeys(tlabels + ["other"]))
+    occupancy = {label: [] for label in shown}
+    errors = {label: [] for label in shown}
+    per_n = []
+    for n in sizes:
+        data = store.load_arrays(f"n_{n:05d}")
+        ids = data["ids"]
+        labels = np.asarray(table, dtype=object)[ids]
+        for label in shown:
+            indicator = ~np.isin(labels, tlabels) if label == "other" else labels == label
+            p, se, ess = diagnostics.occupancy_with_error(indicator)
+            occupancy[label].append(p)
+            errors[label].append(se)
+        counts = {lab: int(np.sum(labels == lab)) for lab in table if np.any(labels == lab)}
+        switches = phase_switches(ids)
+        per_n.append({
+            "n": n,
+            "counts": counts,
+            "phase_switches_per_chain_mean": float(switches.mean()),
+            "chains_that_switched": int(np.sum(switches > 0)),
+            "final_phase_by_init": {
+                table[i]: dict(zip(*np.unique(labels[data["init_ids"] == i, -1], return_counts=True)))
+                for i in np.unique(data["init_ids"])
+            },
+            "num_divergent": int(data["is_divergent"].sum()),
+            "warmup_divergences": int(data["warmup_divergences"].sum()),
+            "mean_tree_depth": float(data["tree_depth"].mean()),
+            "max_tree_depth": int(data["tree_depth"].max()),
+            "mean_acceptance": float(data["acceptance_rate"].mean()),
+            "mean_step_size": float(data["step_size"].mean()),
+            "lockstep_efficiency": lockstep_efficiency(data["num_integration_steps"]),
+            "min_position_ess": float(np.nanmin(data["positions_ess"])),
+            "seconds": float(data["seconds"]),
+        })
+    n_grid = np.geomspace(min(sizes) * 0.8, max(sizes) * 1.25, 200)
+    theory_occupancy = theory.theoretical_occupancy(
+        n_grid, theory_phases, temperature=settings["temperature"], prior_std=settings["prior_std"]
+    ) if theory_phases else np.zeros((len(n_grid), 0))
+    theory_at_sizes = theory.theoretical_occupancy(
+        sizes, theory_phases, temperature=settings["temperature"], prior_std=settings["prior_std"]
+    ) if theory_phases else np.zeros((len(sizes), 0))
+    theoretical_crossings = theory.all_crossings(
+        theory_phases, temperature=settings["temperature"], prior_std=settings["prior_std"]
+    )
+    empirical_crossings = {}
+    for high in tlabels:
+        for low in tlabels:
+            if high != low and dict(zip(tlabels, range(len(tlabels))))[low] < tlabels.index(high):
+                n_c = theory.empirical_crossing(sizes, occupancy[high], occupancy[low])
+                if np.isfinite(n_c):
+                    empirical_crossings[f"{high}->{low}"] = n_c
+    summary = {
+        "num_features": c,
+        "sizes": sizes,
+        "sampler": settings["sampler"],
+        "init": settings["init"],
+        "occupancy": occupancy,
+        "occupancy_stderr": errors,
+        "theoretical_occupancy": {lab: theory_at_sizes[:, i] for i, lab in enumerate(tlabels)},
+        "theory_phases": [p._asdict() for p in theory_phases],
+        "theoretical_crossings": theoretical_crossings,
+        "empirical_crossings": empirical_crossings,
+        "diagnostics": {
+            "per_n": per_n,
+            "total_divergent": sum(r["num_divergent"] for r in per_n),
+            "total_seconds": sum(r["seconds"] for r in per_n),
+            "mean_lockstep_efficiency": float(np.mean([r["lockstep_efficiency"] for r in per_n])),
+        },
+    }
+    store.write_summary(summary)
+    store.save_figure("occupancy.png", occupancy_figure(sizes, occupancy, errors, n_grid, theory_occupancy, tlabels, summary, c))
+    store.save_figure("tsne.png", tsne_figure(store, sizes, table, c, settings))
+    return summary
+
+
+def occupancy_figure(sizes, occupancy, errors, n_grid, theory_occupancy, tlabels, summary, c):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from tmsjax.plotting import phase_colors, pretty_label
+
+    colors = phase_colors(tlabels + ["unknown"])
+    colors["other"] = colors["unknown"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, label in enumerate(tlabels):
+        ax.plot(n_grid, theory_occupancy[:, i], color=colors[label], lw=2.5, alpha=0.8, label=f"theory {pretty_label(label)}")
+    for label in occupancy:
+        if label == "other" and max(occupancy[label]) == 0:
+            continue
+        name = "other phases" if label == "other" else pretty_label(label)
+        ax.errorbar(sizes, occupancy[label], yerr=errors[label], fmt="o", ms=6, capsize=3,
+                    color=colors[label], mec="black", mew=0.6, label=f"NUTS {name}")
+    for key, n_c in summary["theoretical_crossings"].items():
+        if n_grid[0] <= n_c <= n_grid[-1]:
+            ax.axvline(n_c, color="grey", ls=":", lw=1)
+            ax.text(n_c, 1.02, f"{key}\n$n_c$={n_c:.0f}", ha="center", va="bottom", fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("number of samples n")
+    ax.set_ylabel("posterior occupancy")
+    ax.set_ylim(-0.03, 1.12)
+    ax.set_title(f"Bayesian phase transitions, TMS c = {c} ({summary['sampler'].upper()}, "
+                 f"empirical 5→6: {summary['empirical_crossings'].get('5->6', float('nan')):.0f})", pad=28)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+def tsne_figure(store, sizes, table, c, settings):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    from tmsjax.plotting import phase_colors, pretty_label
+
+    Ws, bs, ids = [], [], []
+    for n in sizes:
+        data = store.load_arrays(f"n_{n:05d}")
+        thin_ids = data["ids"][:, :: max(1, data["ids"].shape[1] // 50)][:, : data["W"].shape[1]]
+        Ws.append(data["W"].reshape(-1, 2, c))
+        bs.append(data["b"].reshape(-1, c))
+        ids.append(thin_ids.reshape(-1))
+    W, b, ids = np.concatenate(Ws), np.concatenate(bs), np.concatenate(ids)
+    rng = np.random.default_rng(settings["seed"])
+    keep = rng.choice(len(ids), size=min(settings["tsne_points"], len(ids)), replace=False)
+    Wc, bc = canonicalize(jnp.asarray(W[keep]), jnp.asarray(b[keep]))
+    features = np.concatenate([np.asarray(Wc).reshape(len(keep), -1), np.asarray(bc)], axis=1)
+    perplexity = float(min(30, max(2, (len(keep) - 1) / 3)))
+    embedding = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=settings["seed"]).fit_transform(features)
+    labels = np.asarray(table, dtype=object)[ids[keep]]
+    colors = phase_colors(list(table))
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    for label in table:
+        mask = labels == label
+        if np.any(mask):
+            ax.scatter(*embedding[mask].T, s=8, color=colors[label], label=f"{pretty_label(label)} ({mask.sum()})")
+    ax.set_title("t-SNE of canonicalised NUTS samples, coloured by phase")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=8, markerscale=2, loc="best")
+    return fig
+
+
+def main(args) -> dict:
+    if args.preset == "paper" and not args.smoke and args.num_features is None:
+        # The paper's three systems, each in its own folder: c = 6 (n to 2000), c = 5 and 4 (n to 600).
+        summaries = {}
+        for c in (6, 5, 4):
+            sub = argparse.Namespace(**{**vars(args), "num_features": c, "out": f"{args.out}/c{c}",
+                                        "sizes": args.sizes or (None if c == 6 else PAPER_SMALL_C_SIZES)})
+            summaries[c] = main(sub)
+        return summaries
+    settings = settings_from_args(args)
+    store = ResultStore(args.out)
+    store.write_config(settings)
+    run_sweep(settings, store, progress=not args.no_progress)
+    summary = analyse(settings, store)
+    print(json.dumps({k: summary[k] for k in ("occupancy", "theoretical_crossings", "empirical_crossings")}, indent=1, default=float))
+    return summary
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,66 @@
+"""Free-energy theory: crossings from the catalogue numbers (PAPER_NOTES §5), occupancy algebra."""
+
+import numpy as np
+import pytest
+
+from tmsjax import theory
+
+
+def test_five_to_six_crossing_near_601():
+    assert theory.crossing_by_label(6, "5", "6") == pytest.approx(601, abs=1.0)
+
+
+def test_five_plus_to_six_crossing_near_202():
+    assert theory.crossing_by_label(6, "5+", "6") == pytest.approx(202, abs=1.0)
+
+
+def test_crossing_without_constant_near_445():
+    assert theory.crossing_by_label(6, "5", "6", include_constant=False) == pytest.approx(445, abs=1.0)
+
+
+def test_likelihood_scale_rescales_n():
+    base = theory.crossing_by_label(6, "5", "6")
+    assert theory.crossing_by_label(6, "5", "6", temperature=2.0) == pytest.approx(2 * base, rel=1e-6)
+
+
+def test_wider_prior_moves_crossing_down():
+    assert theory.crossing_by_label(6, "5", "6", prior_std=3.0) < theory.crossing_by_label(6, "5", "6")
+
+
+def test_crossing_solves_the_equation():
+    phases = {p.label: p for p in theory.catalogue_phases(6)}
+    n_c = theory.crossing(phases["5"], phases["6"])
+    f5 = theory.free_energy(n_c, *phases["5"][1:])
+    f6 = theory.free_energy(n_c, *phases["6"][1:])
+    assert f5 == pytest.approx(f6, abs=1e-8)
+
+
+def test_occupancy_is_a_distribution_and_switches():
+    phases = theory.catalogue_phases(6)
+    occupancy = theory.theoretical_occupancy([100, 601.0051860239229, 5000], phases)
+    np.testing.assert_allclose(occupancy.sum(axis=1), 1.0)
+    labels = [p.label for p in phases]
+    assert occupancy[0, labels.index("5")] > 0.99
+    assert occupancy[1, labels.index("5")] == pytest.approx(occupancy[1, labels.index("6")], rel=1e-6)
+    assert occupancy[2, labels.index("6")] > 0.999
+
+
+def test_four_gons_need_estimates():
+    assert [p.label for p in theory.catalogue_phases(6)] == ["6", "5+", "5"]
+    with_four = theory.catalogue_phases(6, llc_estimates={"4": 5.0})
+    assert "4" in [p.label for p in with_four]
+    with pytest.raises(ValueError, match="labels"):
+        theory.catalogue_phases(6, labels=["4", "6"])
+    with pytest.raises(ValueError, match="llc_estimates"):
+        theory.catalogue_phases(6, llc_estimates={"9": 1.0})
+
+
+def test_free_energy_rejects_nonpositive_n():
+    with pytest.raises(ValueError, match="n must be positive"):
+        theory.free_energy(0, 0.1, 7.0, 3.0)
+
+
+def test_empirical_crossing_interpolates_on_log_n():
+    n = [100, 400]
+    assert theory.empirical_crossing(n, [0.75, 0.25], [0.25, 0.75]) == pytest.approx(200.0)
+    assert np.isnan(theory.empirical_crossing(n, [0.9, 0.8], [0.1, 0.2]))
