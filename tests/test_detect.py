@@ -1,0 +1,97 @@
+"""Change-point detection finds injected transitions; the matched scorer counts hand-made cases right."""
+
+import jax
+import numpy as np
+import pytest
+
+from tmsjax import detect
+
+STEPS = np.unique(np.round(np.geomspace(1, 1e4, 150)))
+U = np.log10(STEPS)
+
+
+def _sigmoid(center, width=0.03):
+    return 1.0 / (1.0 + np.exp(-(U - center) / width))
+
+
+@pytest.mark.parametrize("method, signal", [("pelt", "rate"), ("pelt", "level"), ("binseg", "level")])
+def test_finds_an_injected_step_on_a_drift(method, signal):
+    rng = np.random.default_rng(0)
+    series = _sigmoid(2.5) + 0.1 * U + 0.01 * rng.normal(size=U.size)
+    found = detect.detect_changepoints(STEPS, series, method=method, signal=signal, window=(10, 1e4))
+    assert found.steps.size >= 1
+    nearest = np.min(np.abs(np.log10(found.steps) - 2.5))
+    assert nearest < 0.1
+    assert np.all((found.confidence > 0) & (found.confidence <= 1))
+
+
+def test_rate_detector_finds_two_steps_and_nothing_on_a_drift():
+    rng = np.random.default_rng(1)
+    two = _sigmoid(1.5) + _sigmoid(3.0, 0.05) + 0.02 * rng.normal(size=U.size)
+    found = detect.detect_changepoints(STEPS, two, window=(10, 1e4))
+    np.testing.assert_allclose(np.log10(found.steps), [1.5, 3.0], atol=0.1)
+    drift = 0.3 * U + 0.02 * rng.normal(size=U.size)
+    assert detect.detect_changepoints(STEPS, drift, window=(10, 1e4)).steps.size == 0
+
+
+def test_slope_sign_rule_finds_the_peak_of_a_bump():
+    bump = np.exp(-((U - 2.0) ** 2) / (2 * 0.3**2))
+    found = detect.detect_slope_sign_changes(STEPS, bump)
+    np.testing.assert_allclose(np.log10(found.steps), [2.0], atol=0.05)
+    assert detect.detect_slope_sign_changes(STEPS, U).steps.size == 0  # monotone: no stage boundary
+
+
+@pytest.mark.parametrize(
+    "detected, true, tolerance, matched",
+    [
+        ([100, 1000], [110, 1000], 0.05, 2),
+        ([100], [100, 105], 0.1, 1),  # one-to-one: one detection matches one truth
+        ([100, 105], [100], 0.1, 1),
+        ([100], [200], 0.2, 0),  # log10(2) = 0.30 > 0.2
+        ([100], [200], 0.31, 1),
+        ([90, 110], [100, 120], 0.06, 2),  # greedy must not pair 110 with 100 and strand 120
+        ([], [100], 0.5, 0),
+    ],
+)
+def test_match_events_hand_made(detected, true, tolerance, matched):
+    assert detect.match_events(detected, true, tolerance) == matched
+
+
+def test_score_detections_precision_recall_f1():
+    scores = detect.score_detections([[100, 1000, 5000], []], [[100, 1000], [300]], tolerances=[0.01, 1.0])
+    # τ = 0.01: 2 matches of 3 detections and 3 truths; τ = 1: 5000 matches 300? no, 300 is in run 2.
+    np.testing.assert_allclose(scores.precision, [2 / 3, 2 / 3])
+    np.testing.assert_allclose(scores.recall, [2 / 3, 2 / 3])
+    np.testing.assert_allclose(scores.f1, [2 / 3, 2 / 3])
+    empty = detect.score_detections([[]], [[100]], tolerances=[0.1])
+    assert empty.precision[0] == 0 and empty.f1[0] == 0
+    assert detect.false_positives_per_run([[10, 20], []]) == 1.0
+
+
+def test_baselines(key):
+    even = detect.evenly_spaced((10, 1e4), 2)
+    np.testing.assert_allclose(np.log10(even.steps), [2.0, 3.0])
+    random = detect.random_events(key, (10, 1e4), 5)
+    assert random.steps.size == 5 and np.all((random.steps >= 10) & (random.steps <= 1e4))
+    again = detect.random_events(key, (10, 1e4), 5)
+    np.testing.assert_array_equal(random.steps, again.steps)
+    assert detect.random_events(jax.random.fold_in(key, 1), (10, 1e4), 5).steps[0] != random.steps[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(steps=[0, 1, 2, 3, 4]), "steps"),
+        (dict(values=np.ones(3)), "values"),
+        (dict(window=(1, 1e6)), "window"),
+        (dict(method="dynp"), "method"),
+        (dict(signal="slope"), "signal"),
+        (dict(penalty=-1.0), "penalty"),
+    ],
+)
+def test_bad_inputs_raise_value_error(kwargs, name):
+    arguments = dict(steps=STEPS, values=U)
+    arguments.update({k: v for k, v in kwargs.items() if k in ("steps", "values")})
+    options = {k: v for k, v in kwargs.items() if k not in ("steps", "values")}
+    with pytest.raises(ValueError, match=name):
+        detect.detect_changepoints(arguments["steps"], arguments["values"], **options)
