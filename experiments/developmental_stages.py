@@ -1,0 +1,234 @@
+r"""The Developmental Stages of TMS: an animation of one SGD run passing through several k-gon phases.
+
+Question: what does a dynamical transition look like in weight space? The "Growth and Form in a Toy
+Model of Superposition" post animates one run that moves 4 → 4⁺ → 5: the columns of W (the features'
+embeddings in the plane) rearrange from a square into a pentagon while the loss drops from one
+energy level to the next.
+
+Method: train an ensemble exactly as :mod:`experiments.sgd_plateaus` (or read its
+``trajectory.npz`` with ``--from DIR``), find plateaus and paths with :mod:`tmsjax.plateaus`, and pick
+the run automatically: the most transitions on its path, ties broken by the most plateaus, then the
+lowest final loss (``--run`` overrides; seeds are never searched). The GIF (matplotlib + pillow)
+shows, per checkpoint,
+
+- the columns :math:`W_i` as arrows in the plane with the convex hull of the present columns (those
+  at least half as long as the longest, the classifier's rule),
+- the biases :math:`b_i` as bars coloured by sign (positive: the output fires on every input),
+- the exact potential against steps (log x) with the catalogue energy levels named and a moving
+  marker,
+- optionally the local learning coefficient :math:`\hat\lambda` along the trajectory (``--llc FILE``:
+  an npz with ``steps`` and ``llc`` for the chosen run, e.g. from the LLC engine; or pass ``llc=`` to
+  :func:`animate`): the "opposing staircases" of loss and complexity.
+
+Writes ``DIR/config.json``, ``DIR/developmental_stages.gif``, ``DIR/final_frame.png`` and
+``DIR/summary.json`` (the chosen run, its path and plateaus).
+
+References:
+  Chen, Lau, Mendel, Wei, Murfet (2023), arXiv:2310.06301, §6; "Growth and Form in a Toy Model of
+  Superposition" (seed document), the Developmental Stages animation.
+
+Usage:
+  python -m experiments.developmental_stages --out results/stages
+  python -m experiments.developmental_stages --out results/stages --from results/sgd
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--from", dest="source", default=None, help="an experiments.sgd_plateaus output folder to read")
+    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu", help="ensemble size when training here")
+    parser.add_argument("--smoke", action="store_true", help="tiny run and few frames (seconds) for tests")
+    parser.add_argument("--runs", type=int, default=None, help="number of SGD runs to choose from")
+    parser.add_argument("--steps", type=int, default=None, help="SGD steps per run")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run", type=int, default=None, help="animate this run instead of choosing one")
+    parser.add_argument("--frames", type=int, default=None, help="at most this many frames (default 90)")
+    parser.add_argument("--fps", type=int, default=8)
+    parser.add_argument("--llc", default=None, help="npz with `steps` and `llc` (T,) along the chosen run")
+    args = parser.parse_args(argv)
+    args.frames = (5 if args.smoke else 90) if args.frames is None else args.frames
+    if args.frames < 2:
+        parser.error("--frames must be at least 2")
+    return args
+
+
+def choose_run(analysis, final_losses) -> int:
+    """The run with the most transitions, then the most plateaus, then the lowest final loss."""
+    scores = [(len(run.path) - 1, len(run.plateaus), -float(np.nan_to_num(loss, nan=np.inf))) for run, loss in zip(analysis.runs, final_losses)]
+    return int(max(range(len(scores)), key=lambda r: scores[r]))
+
+
+def _hull(points):
+    """Convex hull vertices (counter-clockwise) of 2-D points; fewer than 3 points are returned as is."""
+    if len(points) < 3:
+        return points
+    from scipy.spatial import ConvexHull, QhullError
+
+    try:
+        return points[ConvexHull(points).vertices]
+    except QhullError:  # collinear columns: no area to draw
+        return points
+
+
+def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, labels=None, max_frames=90, title=""):
+    """A matplotlib FuncAnimation of one trajectory.
+
+    Args:
+      steps: checkpoint steps (T,).
+      W: weights (T, 2, c); b: biases (T, c); losses: exact potential (T,).
+      critical_points: the catalogue (energy levels drawn on the loss panel).
+      llc: optional λ̂ along the trajectory (at `llc_steps`, default `steps`): adds a panel.
+      labels: optional phase label per checkpoint, shown in the title.
+      max_frames: frames are spread evenly over the (log-spaced) checkpoints.
+      title: figure title.
+
+    Returns:
+      (figure, animation).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.animation import FuncAnimation
+
+    from tmsjax.plotting import draw_energy_levels, pretty_label
+
+    steps, W, b, losses = (np.asarray(v) for v in (steps, W, b, losses))
+    num_features = W.shape[-1]
+    frames = np.unique(np.round(np.linspace(0, len(steps) - 1, min(max_frames, len(steps)))).astype(int))
+    x = np.maximum(steps, 1)
+    fig = plt.figure(figsize=(11, 8))
+    grid = fig.add_gridspec(2, 2, height_ratios=[1.15, 1])
+    ax_w, ax_b = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])
+    ax_loss = fig.add_subplot(grid[1, :] if llc is None else grid[1, 0])
+    ax_llc = None if llc is None else fig.add_subplot(grid[1, 1])
+
+    finite = losses[np.isfinite(losses)]
+    low, high = float(finite.min()) - 0.006, float(finite.max()) + 0.004
+    draw_energy_levels(ax_loss, [p for p in critical_points if low <= p.loss <= high])
+    ax_loss.plot(x, losses, color="C0", lw=1.5)
+    (marker,) = ax_loss.plot([], [], "o", color="C3", ms=8, zorder=5)
+    ax_loss.set(xscale="log", ylim=(low, high), xlabel="SGD step", ylabel="population loss L(w_t)")
+    ax_loss.set_title("loss: a staircase of critical energy levels", fontsize=10)
+    ax_loss.grid(alpha=0.25, which="both")
+    llc_marker = None
+    if ax_llc is not None:
+        llc = np.asarray(llc)
+        llc_x = np.maximum(np.asarray(steps if llc_steps is None else llc_steps), 1)
+        ax_llc.plot(llc_x, llc, color="C2", lw=1.5)
+        (llc_marker,) = ax_llc.plot([], [], "o", color="C3", ms=8)
+        ax_llc.set(xscale="log", xlabel="SGD step", ylabel=r"$\hat\lambda$ (local learning coefficient)")
+        ax_llc.set_title("complexity rises as the loss falls", fontsize=10)
+        ax_llc.grid(alpha=0.25, which="both")
+
+    radius = 1.1 * float(np.nanmax(np.linalg.norm(W, axis=-2)))
+    bias_limit = 1.1 * float(np.nanmax(np.abs(b)))
+    colors = [plt.get_cmap("tab10")(i) for i in range(num_features)]
+
+    def draw(t):
+        columns = W[t].T
+        ax_w.clear()
+        norms = np.linalg.norm(columns, axis=-1)
+        present = columns[norms >= 0.5 * norms.max()] if norms.max() > 0 else columns[:0]
+        hull = _hull(present)
+        if len(hull) >= 3:
+            ax_w.fill(hull[:, 0], hull[:, 1], color="0.85", zorder=0)
+            ax_w.plot(*np.vstack([hull, hull[:1]]).T, color="0.5", lw=1, zorder=1)
+        for i, (u, v) in enumerate(columns):
+            ax_w.annotate("", xy=(u, v), xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color=colors[i], lw=2))
+            ax_w.text(1.08 * u, 1.08 * v, f"{i + 1}", color=colors[i], fontsize=9, ha="center", va="center")
+        ax_w.set(xlim=(-radius, radius), ylim=(-radius, radius), aspect="equal", xlabel="hidden unit 1", ylabel="hidden unit 2")
+        ax_w.set_title("columns $W_i$ and their convex hull", fontsize=10)
+        ax_w.grid(alpha=0.2)
+        ax_b.clear()
+        ax_b.bar(np.arange(1, num_features + 1), b[t], color=np.where(b[t] > 0, "C3", "C0"))
+        ax_b.axhline(0, color="k", lw=0.8)
+        ax_b.axhline(1 / (2 * num_features), color="C3", lw=0.8, ls=":", label=r"$b^+ = 1/2c$")
+        ax_b.set(ylim=(-bias_limit, bias_limit), xlabel="feature i", ylabel="bias $b_i$")
+        ax_b.set_title("biases $b_i$ (red: positive, blue: negative)", fontsize=10)
+        ax_b.legend(loc="lower right", fontsize=8)
+        marker.set_data([x[t]], [losses[t]])
+        if llc_marker is not None:
+            near = int(np.argmin(np.abs(np.log(llc_x) - np.log(x[t]))))
+            llc_marker.set_data([llc_x[near]], [llc[near]])
+        phase = f" · phase {pretty_label(str(labels[t]))}" if labels is not None else ""
+        fig.suptitle(f"{title}\nstep {steps[t]:,} · L = {losses[t]:.5f}{phase}", fontsize=11)
+        return []
+
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    animation = FuncAnimation(fig, draw, frames=list(frames) + [frames[-1]] * 6, blit=False)  # hold the last frame
+    animation.draw_tms_frame = draw  # a handle to redraw any checkpoint, e.g. for a still image
+    return fig, animation
+
+
+def _load_or_train(args):
+    """(steps, W, b, population_loss, phase labels (runs, T)) from --from or a fresh ensemble."""
+    if args.source is not None:
+        with np.load(Path(args.source) / "trajectory.npz") as data:
+            table = np.asarray(data["phase_table"], dtype=object)
+            return data["steps"], data["W"], data["b"], data["population_loss"], table[data["phase_ids"]], None
+    from experiments import sgd_plateaus
+
+    argv = ["--out", args.out, "--preset", args.preset, "--seed", str(args.seed), "--no-progress"]
+    argv += ["--smoke"] if args.smoke else []
+    argv += [] if args.runs is None else ["--runs", str(args.runs)]
+    argv += [] if args.steps is None else ["--steps", str(args.steps)]
+    ensemble_args = sgd_plateaus.parse_args(argv)
+    trajectory, ids, table = sgd_plateaus.run_ensemble(ensemble_args)
+    W, b = trajectory.params
+    return trajectory.steps, W, b, trajectory.population_loss, np.asarray(table, dtype=object)[ids], sgd_plateaus.settings(ensemble_args)
+
+
+def main(args):
+    from matplotlib.animation import PillowWriter
+
+    from tmsjax.critical import critical_points
+    from tmsjax.plateaus import analyse_runs
+    from tmsjax.results import ResultStore
+
+    store = ResultStore(args.out)
+    store.write_config({k: v for k, v in vars(args).items() if k != "out"})
+    steps, W, b, losses, labels, ensemble = _load_or_train(args)
+    num_features = W.shape[-1]
+    analysis = analyse_runs(steps, losses, num_features=num_features, phase_labels=labels)
+    run = choose_run(analysis, losses[:, -1]) if args.run is None else args.run
+    if not 0 <= run < W.shape[0]:
+        raise ValueError(f"--run must lie in [0, {W.shape[0]}), got {run}")
+    llc = llc_steps = None
+    if args.llc is not None:
+        with np.load(args.llc) as data:
+            llc, llc_steps = np.asarray(data["llc"]), np.asarray(data["steps"])
+        if llc.ndim == 2:  # (runs, T) from the LLC engine: take the chosen run
+            llc = llc[run]
+    from tmsjax.plotting import pretty_label
+
+    path = " → ".join(pretty_label(label) for label in analysis.runs[run].path)
+    title = f"Developmental stages of TMS (c = {num_features}): run {run}, path {path}"
+    fig, animation = animate(steps, W[run], b[run], losses[run], critical_points(num_features), llc=llc, llc_steps=llc_steps,
+                             labels=labels[run], max_frames=args.frames, title=title)
+    gif = store.path("developmental_stages.gif")
+    animation.save(gif, writer=PillowWriter(fps=args.fps), dpi=80)
+    animation.draw_tms_frame(len(steps) - 1)
+    store.save_figure("final_frame", fig)
+    summary = {
+        "run": run,
+        "path": list(analysis.runs[run].path),
+        "num_transitions": len(analysis.runs[run].path) - 1,
+        "plateaus": [p._asdict() for p in analysis.runs[run].plateaus],
+        "num_runs_considered": W.shape[0],
+        "runs_with_this_many_transitions": int(np.sum(analysis.num_transitions(True) == len(analysis.runs[run].path) - 1)),
+        "source": args.source,
+        "ensemble_settings": ensemble,
+        "llc": args.llc,
+    }
+    store.write_summary(summary)
+    print(f"run {run}: {' -> '.join(analysis.runs[run].path)}; wrote {gif}")
+    return summary
+
+
+if __name__ == "__main__":
+    main(parse_args(sys.argv[1:]))
