@@ -1,0 +1,89 @@
+"""How the cost of SGLD λ̂ chains grows with the number of chains (1 to 10⁴) and with n.
+
+Question: how does throughput (chain-steps per second) grow when more chains are vmapped into one
+program, and how does the cost per step grow with the dataset size n? The baseline for each row is
+the single-chain program measured in the same run (ratio = throughput gain over one chain). Compile
+time is reported apart from run time, and achieved FLOP/s from an analytic count: the full-batch TMS
+loss and gradient cost ≈ 3 × (4 r c + 4 c) flops per sample per step (forward ≈ 2rc + 2rc + 2c,
+backward ≈ 2 × forward), so a chain-step over n samples costs ≈ 3·n·(4rc + 4c) flops.
+
+Typical result: see benchmarks/results/scaling-<device>.json.
+
+Usage: python -m benchmarks.scaling [--quick]
+"""
+
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks.common import report, time_jax
+from tmsjax.critical import critical_points
+from tmsjax.data import make_dataset, sample_sparse_limit
+from tmsjax.llc import LLCConfig, sample_llc, tms_loss
+from tmsjax.model import TMSParams
+
+NAME = "scaling"
+NUM_FEATURES, NUM_HIDDEN = 6, 2
+
+
+@functools.partial(jax.jit, static_argnames=("num_chains", "num_steps"))
+def _run(key, center, data, *, num_chains, num_steps):
+    config = LLCConfig(num_chains=num_chains, num_steps=num_steps, estimate_acceptance=False)
+    nbeta = data.num_data / jnp.log(data.num_data)
+    return sample_llc(key, center, data, nbeta, 1e-3, 1.0, loss_fn=tms_loss, config=config).llc
+
+
+def _flops_per_chain_step(num_data):
+    return 3 * num_data * (4 * NUM_HIDDEN * NUM_FEATURES + 4 * NUM_FEATURES)
+
+
+def run(quick: bool = False) -> list[dict]:
+    six = critical_points(NUM_FEATURES)[0]
+    center = TMSParams(jnp.asarray(six.W, jnp.float32), jnp.asarray(six.b, jnp.float32))
+    key = jax.random.key(0)
+    rows = []
+    num_steps = 100
+    # n = 100 keeps 10⁴ chains × full-batch steps inside a CPU minute; the n sweep follows.
+    data = make_dataset(sample_sparse_limit(jax.random.key(1), 100, NUM_FEATURES))
+    chains_list = [1, 10, 100, 1000] if quick else [1, 10, 100, 1000, 10_000]
+    base = None
+    for num_chains in chains_list:
+        first, steady = time_jax(functools.partial(_run, num_chains=num_chains, num_steps=num_steps), key, center, data, repeat=2)
+        per_step = steady / (num_chains * num_steps)
+        if base is None:
+            base = per_step
+        rows.append({
+            "workload": f"SGLD chains={num_chains}, n=100, {num_steps} steps",
+            "tmsjax_s": steady,
+            "compile_s": max(first - steady, 0.0),
+            "chain_steps_per_s": 1 / per_step,
+            "gflops": _flops_per_chain_step(100) / per_step / 1e9,
+            "baseline": "1 chain, same program (per chain-step, scaled)",
+            "baseline_s": base * num_chains * num_steps,
+            "ratio": base / per_step,
+        })
+    base = None
+    for num_data in [100, 1000, 10_000] if quick else [100, 1000, 10_000, 100_000]:
+        data = make_dataset(sample_sparse_limit(jax.random.key(1), num_data, NUM_FEATURES))
+        first, steady = time_jax(functools.partial(_run, num_chains=16, num_steps=num_steps), key, center, data, repeat=2)
+        per_step = steady / (16 * num_steps)
+        per_sample = per_step / num_data
+        if base is None:
+            base = per_sample
+        rows.append({
+            "workload": f"SGLD 16 chains, n={num_data}, {num_steps} steps",
+            "tmsjax_s": steady,
+            "compile_s": max(first - steady, 0.0),
+            "chain_steps_per_s": 1 / per_step,
+            "gflops": _flops_per_chain_step(num_data) / per_step / 1e9,
+            "baseline": "n=100 cost per sample, scaled to this n",
+            "baseline_s": base * num_data * 16 * num_steps,
+            "ratio": base / per_sample,
+        })
+    return rows
+
+
+if __name__ == "__main__":
+    report(NAME, run(quick="--quick" in sys.argv))
