@@ -95,3 +95,17 @@ def test_bad_inputs_raise_value_error(kwargs, name):
     options = {k: v for k, v in kwargs.items() if k not in ("steps", "values")}
     with pytest.raises(ValueError, match=name):
         detect.detect_changepoints(arguments["steps"], arguments["values"], **options)
+
+
+def test_pelt_matches_ruptures_l2_pelt():
+    # The C kernel PELT with the linear kernel must give the breaks of ruptures.Pelt(model="l2").
+    import ruptures
+
+    rng = np.random.default_rng(2)
+    for _ in range(5):
+        signal = np.cumsum(rng.normal(size=(96, 2)), axis=0)
+        signal = (signal - signal.mean(0)) / signal.std(0)
+        pen = 4.0 * 2 * np.log(96)
+        reference = ruptures.Pelt(model="l2", min_size=3, jump=1).fit(signal).predict(pen=pen)
+        fast = ruptures.KernelCPD(kernel="linear", min_size=3).fit(signal).predict(pen=pen)
+        assert [int(b) for b in fast] == reference

@@ -83,6 +83,22 @@ def test_llc_probe_on_quadratic_is_half_dim(key):
     assert abs(float(llc[0, 0]) - 2.0) < 0.4
 
 
+def test_llc_health_excludes_non_finite_escaped_and_negative():
+    from types import SimpleNamespace
+
+    from tmsjax import llc
+
+    # (runs=1, checkpoints=5, chains=2): ok | one chain drifting | one chain non-finite |
+    # both chains escaped | one chain escaped but a negative pooled λ̂
+    flags = np.array([[[0, 0], [0, llc.DRIFTING], [llc.NON_FINITE, 0], [llc.ESCAPED, llc.ESCAPED], [llc.ESCAPED, 0]]])
+    values = np.array([[1.0, 2.0, np.nan, 0.5, -0.1]])
+    result = SimpleNamespace(llc=values, diagnostics=SimpleNamespace(flags=flags))
+    health = probes.llc_health(result)
+    np.testing.assert_array_equal(health.usable, [[True, True, False, False, False]])
+    assert health.counts == {"total": 5, "ok": 1, "non-finite": 1, "escaped": 2, "drifting": 1,
+                             "step size too large": 0, "negative": 1, "excluded": 3}
+
+
 @pytest.mark.parametrize(
     "call, name",
     [

@@ -1,8 +1,5 @@
 """Task families produce ground truth reproducibly from their key (tiny settings)."""
 
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -39,15 +36,14 @@ def test_ground_truth_is_reproducible(family):
             assert first.transitions[run].size == 0
     for t in first.transitions:
         assert np.all((t >= first.window[0]) & (t <= first.window[1]))
-
-
-def test_digits_arrivals_are_inside_the_window_and_ordered():
-    task = tasks.make_task("digits", jax.random.key(0), **TINY["digits"])
-    for run in np.flatnonzero(~task.is_null):
-        arrivals = task.events["arrival"][run]
-        assert arrivals.size == 3 and np.all(np.diff(arrivals) > 0)
-        for learned in task.events["learned"][run]:
-            assert learned >= arrivals.min()
+    if family == "digits":  # three arrivals per live run, increasing; each class learned after its arrival
+        for run in np.flatnonzero(~first.is_null):
+            arrivals = first.events["arrival"][run]
+            assert arrivals.size == 3 and np.all(np.diff(arrivals) > 0)
+            assert np.all(first.events["learned"][run] >= arrivals.min())
+    if first.data_per_run:  # grokking: each run its own split (and random labels for null runs)
+        for leaf in jax.tree.leaves(first.data):
+            assert leaf.shape[:2] == (first.num_runs, first.num_data)
 
 
 def test_phase_change_steps_reads_through_unknown():
@@ -67,11 +63,3 @@ def test_legendre_table_matches_numpy():
 def test_bad_family_raises():
     with pytest.raises(ValueError, match="family"):
         tasks.make_task("mnist", jax.random.key(0))
-
-
-@pytest.mark.slow
-def test_experiment_smoke(tmp_path):
-    command = [sys.executable, "-m", "experiments.detect_transitions", "--smoke", "--families", "digits", "--out", str(tmp_path)]
-    subprocess.run(command, check=True, capture_output=True, timeout=300)
-    assert (tmp_path / "summary.json").exists() and (tmp_path / "probes_digits.png").exists()
-    assert (tmp_path / "weight_histogram.png").exists() and (tmp_path / "f1_curves.png").exists()

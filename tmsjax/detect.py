@@ -5,7 +5,8 @@ as one from 10⁴ to 10⁵), so every series is first resampled onto a uniform g
 :math:`u = \log_{10}(\mathrm{step})` inside a scoring window. Two detectors then find transitions:
 
 1. **Change points** (:func:`detect_changepoints`) with ruptures' PELT or binary segmentation and the
-   least-squares ("l2") cost on the *rate* :math:`\mathrm{d}\,\mathrm{probe}/\mathrm{d}u` of the
+   least-squares ("l2") cost (PELT through ruptures' C kernel implementation with the linear kernel,
+   the same cost) on the *rate* :math:`\mathrm{d}\,\mathrm{probe}/\mathrm{d}u` of the
    Gaussian-smoothed, standardised series (``signal="rate"``, the default) or on the series itself
    (``signal="level"``). On the rate a transition (a burst of change) is a raised segment and a
    steady drift costs nothing, while a piecewise-constant fit of the level would cut every drift into
@@ -196,9 +197,15 @@ def detect_changepoints(
     pen = penalty * dim * np.log(num)
     if np.all(np.ptp(prepared, axis=0) < 1e-9):
         return Detection(np.zeros(0), np.zeros(0))
-    algorithm = ruptures.Pelt if method == "pelt" else ruptures.Binseg
-    breaks = algorithm(model="l2", min_size=int(min_size), jump=1).fit(prepared).predict(pen=pen)
-    bounds = np.asarray([0, *breaks])  # ruptures ends with num
+    if method == "pelt":
+        # ruptures' kernel PELT with the linear kernel has exactly the "l2" cost, sum |x - mean|², and
+        # runs in C: same breaks as ``ruptures.Pelt(model="l2", jump=1)`` (checked in
+        # tests/test_detect.py) at ~0.2 ms instead of ~100 ms per 128-point series.
+        algorithm = ruptures.KernelCPD(kernel="linear", min_size=int(min_size))
+    else:
+        algorithm = ruptures.Binseg(model="l2", min_size=int(min_size), jump=1)
+    breaks = algorithm.fit(prepared).predict(pen=pen)
+    bounds = np.asarray([0, *breaks], dtype=int)  # ruptures ends with num
     # Confidence of each boundary from the cost it saves over merging its two neighbouring segments.
     gains = np.array([
         _segment_cost(prepared, left, right) - _segment_cost(prepared, left, middle) - _segment_cost(prepared, middle, right)

@@ -222,7 +222,7 @@ def scalar_series(probes: Probes, steps=None) -> dict[str, np.ndarray]:
     return series
 
 
-def llc_probe(
+def llc_probe_result(
     key: PRNGKey,
     loss_fn: Callable[[PyTree, Any], Float[Array, ""]],
     checkpoints: PyTree,
@@ -235,8 +235,11 @@ def llc_probe(
     num_steps: int = 200,
     num_burnin: int = 50,
     batch_size: int | None = None,
-) -> Float[Array, "num_runs num_checkpoints"]:
-    r"""λ̂ at every checkpoint of many runs, through the LLC engine (:func:`tmsjax.llc.llc_along_training`).
+    data_per_run: bool = False,
+    cell_batch: int | None = 8,
+):
+    r"""λ̂ at every checkpoint of many runs with its traces and health, through the LLC engine
+    (:func:`tmsjax.llc.llc_along_training`).
 
     .. math:: \hat\lambda(\theta_t) = n\beta\,\big(\mathbb{E}_{w}[L_n(w)] - L_n(\theta_t)\big),
               \quad w \sim e^{-n\beta L_n(w) - \frac\gamma2\lVert w-\theta_t\rVert^2}
@@ -244,18 +247,22 @@ def llc_probe(
     Unlike the other probes it needs the loss and data, and costs num_chains × num_steps gradients per
     checkpoint, so it runs after training on the stored checkpoints. Equinox modules work: their
     non-array fields are split off with ``eqx.partition`` and put back inside the loss.
+    :func:`llc_health` reads the verdicts of the result.
 
     Args:
       key: PRNG key.
       loss_fn: ``loss_fn(params, data) -> scalar`` (a module-level function: a fresh lambda recompiles).
       checkpoints: a pytree whose array leaves have leading axes (num_runs, num_checkpoints).
-      data: the dataset every run trained on (any pytree).
+      data: the dataset every run trained on (any pytree), or with `data_per_run` one per run.
       nbeta: :math:`n\beta` (e.g. n / log n).
       step_size, localization, num_chains, num_steps, num_burnin, batch_size: the SGLD settings of
         :func:`tmsjax.llc.estimate_llc` (short chains: a probe, not a converged estimate).
+      data_per_run: whether every leaf of `data` has a leading num_runs axis.
+      cell_batch: (run, checkpoint) cells vmapped together (CPU cache-friendly, as the engine's
+        default); None vmaps all at once (best on a GPU).
 
     Returns:
-      λ̂ with shape (num_runs, num_checkpoints); NaN where a chain blew up.
+      A :class:`tmsjax.llc.LLCResult` with leading axes (num_runs, num_checkpoints).
     """
     from tmsjax import llc as llc_engine
 
@@ -264,11 +271,12 @@ def llc_probe(
     arrays, static = eqx.partition(checkpoints, eqx.is_inexact_array)
     if not jax.tree.leaves(arrays):
         raise ValueError("checkpoints has no floating-point array leaves")
-    result = llc_engine.llc_along_training(
+    return llc_engine.llc_along_training(
         key,
         _PartitionedLoss(loss_fn, static),
         arrays,
         data,
+        data_per_run=data_per_run,
         nbeta=float(nbeta),
         step_size=step_size,
         localization=localization,
@@ -276,8 +284,66 @@ def llc_probe(
         num_steps=num_steps,
         num_burnin=num_burnin,
         batch_size=batch_size,
+        cell_batch=cell_batch,
     )
+
+
+def llc_probe(key: PRNGKey, loss_fn: Callable, checkpoints: PyTree, data: Any, **kwargs) -> Float[Array, "num_runs num_checkpoints"]:
+    r"""λ̂ at every checkpoint of many runs (:func:`llc_probe_result`), NaN where a chain blew up.
+
+    Only non-finite chains are masked here; use :func:`llc_probe_result` with :func:`llc_health`
+    to also drop escaped estimates and count the problems.
+
+    Returns:
+      λ̂ with shape (num_runs, num_checkpoints).
+    """
+    result = llc_probe_result(key, loss_fn, checkpoints, data, **kwargs)
     return jnp.where(jnp.all(result.diagnostics.is_finite, axis=-1), result.llc, jnp.nan)
+
+
+class LLCHealth(NamedTuple):
+    """Health of a batch of λ̂ estimates (from :func:`llc_health`).
+
+    Attributes:
+      usable: (num_runs, num_checkpoints) bool: finite in every chain, escaped in at most half of
+        them, and a non-negative pooled λ̂. Only these enter change-point detection.
+      counts: estimates (not chains) with each problem, over all runs and checkpoints: "total",
+        "ok" (no flag on any chain), "non-finite", "escaped", "drifting", "step size too large"
+        (an estimate counts once a chain has the problem), "negative" (pooled λ̂ < 0) and
+        "excluded" (not usable).
+    """
+
+    usable: np.ndarray
+    counts: dict
+
+
+def llc_health(result) -> LLCHealth:
+    r"""Which λ̂ estimates of a batch are usable, and how many have each problem of the LLC verdicts.
+
+    A non-finite chain means a blow-up; an escaped chain (many draws below :math:`L_n(\theta_t)`, or a
+    negative per-chain λ̂) means the checkpoint is not a local minimum at this temperature and the
+    estimate is not the LLC of :math:`\theta_t` (see :mod:`tmsjax.llc`). Both make the value
+    meaningless, so such estimates are excluded; drifting and low-acceptance chains bias λ̂ but keep
+    its trend, so they are only counted.
+
+    Args:
+      result: a :class:`tmsjax.llc.LLCResult` with leading axes (num_runs, num_checkpoints).
+    """
+    from tmsjax import llc as llc_engine
+
+    flags = np.asarray(result.diagnostics.flags)
+    values = np.asarray(result.llc)
+    if flags.ndim != 3:
+        raise ValueError(f"result must have leading axes (num_runs, num_checkpoints), got flags of shape {flags.shape}")
+    has = {name: np.any((flags & bit) != 0, axis=-1) for bit, name in llc_engine.PROBLEMS.items()}
+    escaped_chains = np.mean((flags & llc_engine.ESCAPED) != 0, axis=-1)
+    negative = np.isfinite(values) & (values < 0)
+    usable = ~has["non-finite"] & np.isfinite(values) & (escaped_chains <= 0.5) & ~negative
+    counts = {"total": int(values.size), "ok": int(np.sum(flags.max(axis=-1) == 0))}
+    counts.update({name: int(np.sum(mask)) for name, mask in has.items()})
+    counts["negative"] = int(np.sum(negative))
+    counts["excluded"] = int(np.sum(~usable))
+    return LLCHealth(usable, counts)
 
 
 class _PartitionedLoss:
@@ -318,4 +384,7 @@ __all__ = [
     "probe_trajectory",
     "scalar_series",
     "llc_probe",
+    "llc_probe_result",
+    "LLCHealth",
+    "llc_health",
 ]

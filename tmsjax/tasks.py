@@ -59,8 +59,10 @@ class TaskRuns(NamedTuple):
       is_null: which runs are null runs (num_runs,).
       window: (low, high) steps where transitions are scored.
       loss_fn: ``loss_fn(params, data)`` of one checkpoint, for λ̂.
-      data: the dataset `loss_fn` takes (the full training set of the null configuration).
+      data: the dataset `loss_fn` takes: the full training set of the null configuration, or with
+        `data_per_run` one training set per run (a leading run axis on every leaf).
       num_data: its size n (for nβ = n / log n).
+      data_per_run: whether `data` has a leading run axis (grokking: each run its own split and labels).
     """
 
     family: str
@@ -75,6 +77,7 @@ class TaskRuns(NamedTuple):
     loss_fn: Callable
     data: Any
     num_data: int
+    data_per_run: bool = False
 
     @property
     def num_runs(self) -> int:
@@ -143,8 +146,11 @@ def _train(step_fn, eval_fn, states: _RunState, schedule: np.ndarray):
 
 
 def _stack_modules(make: Callable[[PRNGKey], eqx.Module], keys) -> tuple[PyTree, PyTree]:
-    """Initialises one module per key; returns the stacked array part and the shared static part."""
-    stacked = eqx.filter_vmap(make)(keys)
+    """Initialises one module per key; returns the stacked array part and the shared static part.
+
+    Jitted: run eagerly, every initialiser primitive would compile on its own (dozens of small
+    compiles, seconds on a loaded CPU); one program instead."""
+    stacked = eqx.filter_jit(eqx.filter_vmap(make))(keys)
     return eqx.partition(stacked, eqx.is_inexact_array)
 
 
@@ -445,7 +451,7 @@ def grokking_runs(
     return TaskRuns(
         "grokking", schedule, params, np.asarray(train_loss), np.asarray(test_accuracy), tuple(transitions),
         {"memorised": tuple(memorised), "grokked": tuple(grokked)}, np.arange(total) >= num_runs, tuple(window),
-        loss_fn, (jnp.asarray(pairs[orders[0, :num_train]]), jnp.asarray(labels[orders[0, :num_train]])), num_train,
+        loss_fn, (train_pairs, train_labels), num_train, True,
     )
 
 
@@ -615,15 +621,22 @@ def tms_runs(
     num_runs = check_positive_int("num_runs", num_runs)
     total = num_runs + int(num_null)
     key_data, key_init, key_null, key_train = jax.random.split(key, 4)
-    dataset = make_dataset(sample_sparse_limit(key_data, num_data, num_features))
-    # Small random weights (scale 0.3): runs pass through several k-gon phases within ~10⁴ steps
-    # (4⁺⁺ → 4⁺ → 5 → 5⁺ ...), where runs started at a 4-gon mostly stay there for 10⁵ steps.
-    init = jax.vmap(lambda k: init_params(k, num_features, 2, scale=init_scale))(jax.random.split(key_init, num_runs))
-    if num_null:
-        null = jax.vmap(lambda k: init_near_kgon(k, num_features, num_features, radius=1.32, bias=-0.6))(
-            jax.random.split(key_null, int(num_null))
-        )
-        init = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), init, null)
+
+    @jax.jit  # one program for the setup (run eagerly, each sampler primitive compiles on its own)
+    def setup(key_data, key_init, key_null):
+        x = sample_sparse_limit(key_data, num_data, num_features)
+        # Small random weights (scale 0.3): runs pass through several k-gon phases within ~10⁴ steps
+        # (4⁺⁺ → 4⁺ → 5 → 5⁺ ...), where runs started at a 4-gon mostly stay there for 10⁵ steps.
+        init = jax.vmap(lambda k: init_params(k, num_features, 2, scale=init_scale))(jax.random.split(key_init, num_runs))
+        if num_null:
+            null = jax.vmap(lambda k: init_near_kgon(k, num_features, num_features, radius=1.32, bias=-0.6))(
+                jax.random.split(key_null, int(num_null))
+            )
+            init = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), init, null)
+        return x, init
+
+    x, init = setup(key_data, key_init, key_null)
+    dataset = make_dataset(x)
     schedule = log_schedule(num_steps, num_checkpoints)
     trajectory = sgd.train(
         jax.random.split(key_train, total), init, dataset, num_steps=num_steps, learning_rate=learning_rate,
