@@ -25,15 +25,18 @@ from tqdm.auto import tqdm
 
 from tmsjax.results import ResultStore, to_jsonable
 
-# (name, extra CLI arguments at CPU scale); each module lives in experiments/NAME.py.
+# (name, extra CLI arguments) in run order; "{root}" is the --out folder. λ̂ along training reuses the
+# SGD ensemble, and the animation reuses both. At CPU scale the Bayesian sweep uses fewer n and draws
+# than its own default so that the whole reproduction fits in 15 minutes on 2 cores.
 EXPERIMENTS = [
-    ("critical_points", []),
-    ("sgd_plateaus", []),
-    ("developmental_stages", []),
-    ("llc_critical_points", []),
-    ("llc_trajectories", []),
-    ("bayesian_transitions", []),
-    ("detect_transitions", []),
+    ("critical_points", [], []),
+    ("sgd_plateaus", [], []),
+    ("llc_trajectories", ["--from", "{root}/sgd_plateaus"], []),
+    ("developmental_stages", ["--from", "{root}/sgd_plateaus", "--llc", "{root}/llc_trajectories"], []),
+    ("llc_critical_points", [], []),
+    ("llc_grid", [], []),
+    ("bayesian_transitions", [], ["--sizes", "250,350,450,550,650,800", "--num-warmup", "300", "--num-samples", "300"]),
+    ("detect_transitions", [], []),
 ]
 
 
@@ -46,13 +49,15 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _run_one(name: str, extra: list[str], out: Path, args) -> dict:
+def _run_one(name: str, extra: list[str], cpu_extra: list[str], out: Path, args) -> dict:
     module = importlib.import_module(f"experiments.{name}")
-    argv = [*extra, "--out", str(out)]
+    argv = [a.replace("{root}", str(out.parent)) for a in extra] + ["--out", str(out)]
     if args.smoke:
         argv.append("--smoke")
     elif args.preset == "paper":
         argv += ["--preset", "paper"]
+    else:
+        argv += cpu_extra
     module.main(module.parse_args(argv))
     return json.loads((out / "summary.json").read_text())
 
@@ -66,7 +71,7 @@ def main(args) -> dict:
     selected = EXPERIMENTS if args.only is None else [e for e in EXPERIMENTS if e[0] in args.only.split(",")]
     status = {}
     bar = tqdm(selected, desc="reproduce", unit="experiment")
-    for name, extra in bar:
+    for name, extra, cpu_extra in bar:
         bar.set_postfix_str(name)
         out = root / name
         if (out / "summary.json").exists():
@@ -74,7 +79,7 @@ def main(args) -> dict:
             continue
         start = time.perf_counter()
         try:
-            _run_one(name, extra, out, args)
+            _run_one(name, extra, cpu_extra, out, args)
             status[name] = {"status": "ok", "seconds": time.perf_counter() - start}
         except KeyboardInterrupt:
             raise
@@ -84,7 +89,7 @@ def main(args) -> dict:
             tqdm.write(f"[reproduce] {name} failed: {error}")
     summaries = {
         name: json.loads((root / name / "summary.json").read_text())
-        for name, _ in selected
+        for name, *_ in selected
         if (root / name / "summary.json").exists()
     }
     key_numbers = report_module.key_numbers(summaries)
