@@ -16,9 +16,13 @@ shows, per checkpoint,
 - the biases :math:`b_i` as bars coloured by sign (positive: the output fires on every input),
 - the exact potential against steps (log x) with the catalogue energy levels named and a moving
   marker,
-- optionally the local learning coefficient :math:`\hat\lambda` along the trajectory (``--llc FILE``:
-  an npz with ``steps`` and ``llc`` for the chosen run, e.g. from the LLC engine; or pass ``llc=`` to
-  :func:`animate`): the "opposing staircases" of loss and complexity.
+- optionally the local learning coefficient :math:`\hat\lambda` along the trajectory, the "opposing
+  staircases" of loss and complexity: ``--llc PATH`` with PATH an :mod:`experiments.llc_trajectories`
+  output folder (its ``llc.npz`` is read) or any npz with ``steps`` and ``llc`` ((T,) for the chosen
+  run, or (runs, T) with an optional ``runs`` array naming the ensemble run of each row; then the
+  chosen run must be among them). ``--from DIR`` also picks up ``DIR/llc.npz`` when it is there
+  (llc_trajectories writes both files when it trains). An ``llc.npz`` that carries the exact losses
+  is checked against the trajectory, so λ̂ of another ensemble is refused rather than drawn.
 
 Writes ``DIR/config.json``, ``DIR/developmental_stages.gif``, ``DIR/final_frame.png`` and
 ``DIR/summary.json`` (the chosen run, its path and plateaus).
@@ -30,6 +34,7 @@ References:
 Usage:
   python -m experiments.developmental_stages --out results/stages
   python -m experiments.developmental_stages --out results/stages --from results/sgd
+  python -m experiments.developmental_stages --out results/stages --from results/sgd --llc results/llc_trajectories
 """
 
 import argparse
@@ -51,7 +56,8 @@ def parse_args(argv=None):
     parser.add_argument("--run", type=int, default=None, help="animate this run instead of choosing one")
     parser.add_argument("--frames", type=int, default=None, help="at most this many frames (default 90)")
     parser.add_argument("--fps", type=int, default=8)
-    parser.add_argument("--llc", default=None, help="npz with `steps` and `llc` (T,) along the chosen run")
+    parser.add_argument("--llc", default=None,
+                        help="an llc_trajectories output folder, or an npz with `steps` and `llc` ((T,) or (runs, T))")
     args = parser.parse_args(argv)
     args.frames = (5 if args.smoke else 90) if args.frames is None else args.frames
     if args.frames < 2:
@@ -77,14 +83,16 @@ def _hull(points):
         return points
 
 
-def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, labels=None, max_frames=90, title=""):
+def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, llc_stderr=None, labels=None, max_frames=90, title=""):
     """A matplotlib FuncAnimation of one trajectory.
 
     Args:
       steps: checkpoint steps (T,).
       W: weights (T, 2, c); b: biases (T, c); losses: exact potential (T,).
       critical_points: the catalogue (energy levels drawn on the loss panel).
-      llc: optional λ̂ along the trajectory (at `llc_steps`, default `steps`): adds a panel.
+      llc: optional λ̂ along the trajectory (at `llc_steps`, default `steps`): adds a panel, with the
+        exact λ of the catalogue points the run visits as dotted lines.
+      llc_stderr: optional standard errors of `llc` (a shaded band).
       labels: optional phase label per checkpoint, shown in the title.
       max_frames: frames are spread evenly over the (log-spaced) checkpoints.
       title: figure title.
@@ -112,18 +120,34 @@ def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, l
     draw_energy_levels(ax_loss, [p for p in critical_points if low <= p.loss <= high])
     ax_loss.plot(x, losses, color="C0", lw=1.5)
     (marker,) = ax_loss.plot([], [], "o", color="C3", ms=8, zorder=5)
-    ax_loss.set(xscale="log", ylim=(low, high), xlabel="SGD step", ylabel="population loss L(w_t)")
+    ax_loss.set(xscale="log", ylim=(low, high), xlim=(x[0], x[-1] * 1.2), xlabel="SGD step", ylabel="population loss L(w_t)")
     ax_loss.set_title("loss: a staircase of critical energy levels", fontsize=10)
     ax_loss.grid(alpha=0.25, which="both")
     llc_marker = None
     if ax_llc is not None:
-        llc = np.asarray(llc)
+        llc = np.asarray(llc, dtype=float)
         llc_x = np.maximum(np.asarray(steps if llc_steps is None else llc_steps), 1)
-        ax_llc.plot(llc_x, llc, color="C2", lw=1.5)
-        (llc_marker,) = ax_llc.plot([], [], "o", color="C3", ms=8)
-        ax_llc.set(xscale="log", xlabel="SGD step", ylabel=r"$\hat\lambda$ (local learning coefficient)")
+        if llc_stderr is not None:
+            error = np.asarray(llc_stderr, dtype=float)
+            ax_llc.fill_between(llc_x, llc - 2 * error, llc + 2 * error, color="C2", alpha=0.2, lw=0, label="± 2 se")
+        ax_llc.plot(llc_x, llc, color="C2", lw=1.5, marker=".", ms=3, label=r"$\hat\lambda$ (SGLD)")
+        (llc_marker,) = ax_llc.plot([], [], "o", color="C3", ms=8, zorder=5)
+        visited = {str(label) for label in labels} if labels is not None else set()
+        exact = [p for p in critical_points if p.llc is not None and (p.label in visited or not visited)]
+        for point in exact:
+            ax_llc.axhline(point.llc, color="0.4", lw=0.8, ls=":")
+            ax_llc.annotate(f"λ({pretty_label(point.label)}) = {point.llc:g}", xy=(0.01, point.llc), xycoords=("axes fraction", "data"),
+                            xytext=(0, 2), textcoords="offset points", fontsize=7, color="0.3", va="bottom")
+        finite_llc = llc[np.isfinite(llc)]
+        if finite_llc.size:
+            top = max([float(finite_llc.max())] + [p.llc for p in exact])
+            ax_llc.set_ylim(min(0.0, float(finite_llc.min())) - 0.3, top + 1.0)
+        # The loss panel's step range, so the two staircases line up.
+        ax_llc.set(xscale="log", xlim=(x[0], x[-1] * 1.2), xlabel="SGD step",
+                   ylabel=r"$\hat\lambda$ (local learning coefficient)")
         ax_llc.set_title("complexity rises as the loss falls", fontsize=10)
-        ax_llc.grid(alpha=0.25, which="both")
+        ax_llc.legend(loc="lower right", fontsize=7)
+        ax_llc.grid(alpha=0.25, which="major")
 
     radius = 1.1 * float(np.nanmax(np.linalg.norm(W, axis=-2)))
     bias_limit = 1.1 * float(np.nanmax(np.abs(b)))
@@ -153,20 +177,23 @@ def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, l
         ax_b.legend(loc="lower right", fontsize=8)
         marker.set_data([x[t]], [losses[t]])
         if llc_marker is not None:
-            near = int(np.argmin(np.abs(np.log(llc_x) - np.log(x[t]))))
-            llc_marker.set_data([llc_x[near]], [llc[near]])
+            # The latest λ̂ checkpoint at or before this step (none before the first one).
+            near = int(np.searchsorted(llc_x, x[t], side="right")) - 1
+            llc_marker.set_data(([llc_x[near]], [llc[near]]) if near >= 0 else ([], []))
         phase = f" · phase {pretty_label(str(labels[t]))}" if labels is not None else ""
         fig.suptitle(f"{title}\nstep {steps[t]:,} · L = {losses[t]:.5f}{phase}", fontsize=11)
         return []
 
     fig.tight_layout(rect=(0, 0, 1, 0.9))
+    # Frames redraw the axes after this layout: leave room between the rows for their labels.
+    fig.subplots_adjust(hspace=0.32)
     animation = FuncAnimation(fig, draw, frames=list(frames) + [frames[-1]] * 6, blit=False)  # hold the last frame
     animation.draw_tms_frame = draw  # a handle to redraw any checkpoint, e.g. for a still image
     return fig, animation
 
 
 def _load_or_train(args):
-    """(steps, W, b, population_loss, phase labels (runs, T)) from --from or a fresh ensemble."""
+    """(steps, W, b, population_loss, phase labels (runs, T), ensemble settings) from --from or a fresh ensemble."""
     if args.source is not None:
         with np.load(Path(args.source) / "trajectory.npz") as data:
             table = np.asarray(data["phase_table"], dtype=object)
@@ -181,6 +208,53 @@ def _load_or_train(args):
     trajectory, ids, table = sgd_plateaus.run_ensemble(ensemble_args)
     W, b = trajectory.params
     return trajectory.steps, W, b, trajectory.population_loss, np.asarray(table, dtype=object)[ids], sgd_plateaus.settings(ensemble_args)
+
+
+def llc_file(args) -> Path | None:
+    """The λ̂ file to draw: --llc (a folder means its llc.npz), else --from's llc.npz if present."""
+    if args.llc is not None:
+        path = Path(args.llc)
+        path = path / "llc.npz" if path.is_dir() else path
+        if not path.exists():
+            raise ValueError(f"--llc {args.llc}: no such file (a folder must hold llc.npz)")
+        return path
+    if args.source is not None and (Path(args.source) / "llc.npz").exists():
+        return Path(args.source) / "llc.npz"
+    return None
+
+
+def load_llc(path: Path, run: int, steps, population_loss):
+    """(llc (T',), steps (T',), stderr or None, note) of ensemble run `run`; llc None when it has no λ̂.
+
+    Rows of a (runs, T') file are ensemble runs named by its ``runs`` array (default 0..runs-1). When
+    the file carries ``population_loss`` at its steps, it must match this trajectory's.
+    """
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    llc, llc_steps = np.asarray(arrays["llc"], dtype=float), np.asarray(arrays["steps"])
+    stderr = arrays.get("stderr")
+    if llc.ndim == 1:
+        row = None
+    elif llc.ndim == 2:
+        runs = np.asarray(arrays.get("runs", np.arange(llc.shape[0])))
+        matches = np.flatnonzero(runs == run)
+        if matches.size == 0:
+            return None, None, None, f"run {run} has no λ̂ in {path} (runs {runs.tolist()})"
+        row = int(matches[0])
+        llc = llc[row]
+        stderr = None if stderr is None else np.asarray(stderr)[row]
+    else:
+        raise ValueError(f"{path}: llc must have shape (T,) or (runs, T), got {llc.shape}")
+    if llc.shape != llc_steps.shape:
+        raise ValueError(f"{path}: llc {llc.shape} and steps {llc_steps.shape} disagree")
+    if "population_loss" in arrays and row is not None:
+        index = np.searchsorted(steps, llc_steps)
+        if np.any(index >= len(steps)) or np.any(np.asarray(steps)[np.minimum(index, len(steps) - 1)] != llc_steps):
+            raise ValueError(f"{path}: its steps are not checkpoints of this trajectory")
+        expected, recorded = np.asarray(population_loss[run])[index], np.asarray(arrays["population_loss"])[row]
+        if not np.allclose(expected, recorded, rtol=1e-5, atol=1e-7, equal_nan=True):
+            raise ValueError(f"{path}: its losses differ from this trajectory's: λ̂ of another ensemble")
+    return llc, llc_steps, stderr, f"λ̂ of run {run} from {path}"
 
 
 def main(args):
@@ -198,18 +272,17 @@ def main(args):
     run = choose_run(analysis, losses[:, -1]) if args.run is None else args.run
     if not 0 <= run < W.shape[0]:
         raise ValueError(f"--run must lie in [0, {W.shape[0]}), got {run}")
-    llc = llc_steps = None
-    if args.llc is not None:
-        with np.load(args.llc) as data:
-            llc, llc_steps = np.asarray(data["llc"]), np.asarray(data["steps"])
-        if llc.ndim == 2:  # (runs, T) from the LLC engine: take the chosen run
-            llc = llc[run]
+    llc = llc_steps = llc_stderr = None
+    llc_path, llc_note = llc_file(args), None
+    if llc_path is not None:
+        llc, llc_steps, llc_stderr, llc_note = load_llc(llc_path, run, steps, losses)
+        print(llc_note)
     from tmsjax.plotting import pretty_label
 
     path = " → ".join(pretty_label(label) for label in analysis.runs[run].path)
     title = f"Developmental stages of TMS (c = {num_features}): run {run}, path {path}"
     fig, animation = animate(steps, W[run], b[run], losses[run], critical_points(num_features), llc=llc, llc_steps=llc_steps,
-                             labels=labels[run], max_frames=args.frames, title=title)
+                             llc_stderr=llc_stderr, labels=labels[run], max_frames=args.frames, title=title)
     gif = store.path("developmental_stages.gif")
     animation.save(gif, writer=PillowWriter(fps=args.fps), dpi=80)
     animation.draw_tms_frame(len(steps) - 1)
@@ -223,7 +296,9 @@ def main(args):
         "runs_with_this_many_transitions": int(np.sum(analysis.num_transitions(True) == len(analysis.runs[run].path) - 1)),
         "source": args.source,
         "ensemble_settings": ensemble,
-        "llc": args.llc,
+        "llc": None if llc_path is None else str(llc_path),
+        "llc_note": llc_note,
+        "llc_panel": llc is not None,
     }
     store.write_summary(summary)
     print(f"run {run}: {' -> '.join(analysis.runs[run].path)}; wrote {gif}")

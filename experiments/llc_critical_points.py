@@ -4,14 +4,29 @@ Question: how close is the SGLD estimate λ̂ to the exact learning coefficient 
 the c = 6 TMS, at finite n (the paper's Table K.1 uses n = 5000 and reports 7.71 / 9.91 / 9.03 for the
 5-gon / 5⁺ / 6-gon, overshooting the exact 7 / 8.5 / 8.5) and in the n → ∞ limit?
 
-Method: one compiled call (:func:`tmsjax.llc.llc_along_training` with "runs" = dataset sizes and
-"checkpoints" = catalogue points) estimates λ̂ with the empirical loss on nested datasets (the first n
-points of one draw), ε = 1e-3, γ = 1, nβ = n / log n; a second call uses the exact potential
-(:func:`tmsjax.llc.potential_loss`) at large nβ with a step size scaled down to match. Theory: λ =
-(3k − 1)/2 + 3σ⁺/2 for 5 ≤ k ≤ 6; unknown for 4-gons.
+Method: for each n, one compiled call (:func:`tmsjax.llc.llc_along_training` with "checkpoints" = the
+catalogue points) estimates λ̂ with the empirical loss on the first n points of one draw (nested
+datasets), γ = 1, nβ = n / log n. Each n gets its own unpadded dataset (one compile per n, ~2 s):
+padding every n to the largest would triple the cost on CPU. A second call uses the exact potential
+(:func:`tmsjax.llc.potential_loss`) at large nβ. Theory: λ = (3k − 1)/2 + 3σ⁺/2 for 5 ≤ k ≤ 6;
+unknown for 4-gons.
 
-Outputs (``--out DIR``): config.json, summary.json (table rows: label, loss, λ, λ̂(n) ± se, verdicts),
-llc_critical_points.npz, llc_critical_points.png.
+**Step size.** The discretisation bias of SGLD grows with εk, k ≈ nβ × (Hessian eigenvalue), so a
+fixed ε that is healthy at n = 1000 is not at n = 5000 (nβ 4× larger): the engine's verdict there is
+"step size too large" (MALA acceptance < 0.9 at the 6-gon). By default ε(n) = ε₀ · min(1, nβ(n₀) /
+nβ(n)) with ε₀ = ``--step-size`` = 1e-3 at n₀ = 1000 (the paper's setting), i.e. ε·nβ is held at its
+n = 1000 value (0.145) for larger n and the exact-potential run (ε = 1.45e-5 at nβ = 1e4);
+``--fixed-step-size`` uses ε₀ everywhere. Chains are 4000 steps (1000 burn-in) so that the smaller ε
+still covers the Langevin time of the paper's 1000 steps at ε = 1e-3.
+
+**Escapes.** With γ = 1 the localizing Gaussian reaches lower phases from several points: the
+5-gon's dead bias (−1) diffuses across 0 into the 5⁺ basin, the 5⁺'s dead column grows towards the
+6-gon, and 4-gons leave along their dead biases. Long chains find these exits (the verdict says
+"escaped"); the table gives λ̂ over all chains (the estimator) and over the chains that did not
+escape, with the verdict next to both.
+
+Outputs (``--out DIR``): config.json, summary.json (table rows: label, loss, λ, λ̂(n) ± se, ε(n),
+verdicts), llc_critical_points.npz, llc_critical_points.png.
 
 References:
   Chen, Lau, Mendel, Wei, Murfet (2023), arXiv:2310.06301, §4 and App. K.
@@ -26,13 +41,13 @@ import numpy as np
 
 from tmsjax import llc
 from tmsjax.critical import critical_points
-from tmsjax.data import nested_datasets, sample_sparse_limit
+from tmsjax.data import make_dataset, sample_sparse_limit
 from tmsjax.model import TMSParams
 from tmsjax.results import ResultStore
 
 PRESETS = {
-    "cpu": dict(sizes=[100, 500, 1000, 5000], num_chains=4, num_steps=1000, num_burnin=200, max_points=18),
-    "paper": dict(sizes=[100, 200, 500, 1000, 2000, 5000], num_chains=8, num_steps=5000, num_burnin=1000, max_points=18),
+    "cpu": dict(sizes=[100, 500, 1000, 5000], num_chains=4, num_steps=4000, num_burnin=1000, max_points=18),
+    "paper": dict(sizes=[100, 200, 500, 1000, 2000, 5000], num_chains=8, num_steps=8000, num_burnin=2000, max_points=18),
     "smoke": dict(sizes=[50, 100], num_chains=2, num_steps=30, num_burnin=10, max_points=3),
 }
 
@@ -48,7 +63,9 @@ def parse_args(argv=None):
     parser.add_argument("--num-steps", type=int)
     parser.add_argument("--num-burnin", type=int)
     parser.add_argument("--max-points", type=int, help="first N catalogue points (sorted by loss)")
-    parser.add_argument("--step-size", type=float, default=1e-3)
+    parser.add_argument("--step-size", type=float, default=1e-3, help="ε at n = --reference-n (1000)")
+    parser.add_argument("--reference-n", type=int, default=1000, help="n at which ε = --step-size")
+    parser.add_argument("--fixed-step-size", action="store_true", help="the same ε at every n (no nβ scaling)")
     parser.add_argument("--localization", type=float, default=1.0)
     parser.add_argument("--population-nbeta", type=float, default=1e4, help="nβ on the exact potential")
     parser.add_argument("--seed", type=int, default=0)
@@ -60,27 +77,53 @@ def parse_args(argv=None):
     return args
 
 
+def step_size_for(nbeta: float, args) -> float:
+    """ε(nβ) = ε₀ · min(1, nβ₀ / nβ): ε·nβ held at its reference value above the reference n."""
+    if args.fixed_step_size:
+        return args.step_size
+    reference = args.reference_n / np.log(args.reference_n)
+    return args.step_size * min(1.0, reference / nbeta)
+
+
+def _healthy_chain_llc(result, index) -> tuple[float, float, int]:
+    """λ̂ (mean of per-chain estimates) over the chains with no escape / non-finite flag."""
+    flags = np.asarray(result.diagnostics.flags)[index]
+    per_chain = np.asarray(result.llc_per_chain)[index]
+    keep = (flags & (llc.ESCAPED | llc.NON_FINITE)) == 0
+    if not keep.any():
+        return float("nan"), float("nan"), 0
+    values = per_chain[keep]
+    error = float(np.std(values, ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
+    return float(values.mean()), error, int(keep.sum())
+
+
 def main(args):
     store = ResultStore(args.out)
     store.write_config({k: v for k, v in vars(args).items() if k != "out"})
     points = critical_points(args.num_features)[: args.max_points]
     sizes = sorted(args.sizes)
     key_data, key_n, key_pop = jax.random.split(jax.random.key(args.seed), 3)
-    datasets = nested_datasets(sample_sparse_limit(key_data, sizes[-1], args.num_features), sizes)
+    x = sample_sparse_limit(key_data, sizes[-1], args.num_features)
     W = jnp.asarray(np.stack([p.W for p in points]), jnp.float32)
     b = jnp.asarray(np.stack([p.b for p in points]), jnp.float32)
-    centers = TMSParams(jnp.broadcast_to(W, (len(sizes), *W.shape)), jnp.broadcast_to(b, (len(sizes), *b.shape)))
-    finite = llc.llc_along_training(
-        key_n, llc.tms_loss, centers, datasets, data_per_run=True, step_size=args.step_size,
-        localization=args.localization, num_chains=args.num_chains, num_steps=args.num_steps, num_burnin=args.num_burnin,
-    )
-    # n → ∞: the exact potential at large nβ. ε nβ is kept at the finite-n runs' value (≈ 0.1 at
-    # n = 1000) so the discretisation bias εk/4 stays a few percent; steps scale up to cover the same
-    # Langevin time.
+    centers = TMSParams(W[None], b[None])
+    finite, step_sizes = [], []
+    for index, n in enumerate(sizes):
+        nbeta = float(llc.default_nbeta(n))
+        step_sizes.append(step_size_for(nbeta, args))
+        # The first n rows of one draw: nested datasets, as a growing real dataset.
+        finite.append(llc.llc_along_training(
+            jax.random.fold_in(key_n, index), llc.tms_loss, centers, make_dataset(x[:n]), step_size=step_sizes[-1],
+            localization=args.localization, num_chains=args.num_chains, num_steps=args.num_steps, num_burnin=args.num_burnin,
+        ))
+    finite = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *finite)  # (sizes, points, ...)
+    # n → ∞: the exact potential at large nβ, with ε·nβ at its reference value (≈ 0.145) so the
+    # discretisation bias εk/4 stays a few percent (even with --fixed-step-size: ε = 1e-3 at
+    # nβ = 1e4 would blow up); steps scale up to cover more Langevin time.
     nbeta = args.population_nbeta
-    step_size = args.step_size * (1000 / np.log(1000)) / nbeta
+    step_size = args.step_size * min(1.0, (args.reference_n / np.log(args.reference_n)) / nbeta)
     population = llc.llc_along_training(
-        key_pop, llc.potential_loss, TMSParams(W[None], b[None]), None, nbeta=nbeta, step_size=step_size,
+        key_pop, llc.potential_loss, centers, None, nbeta=nbeta, step_size=step_size,
         localization=args.localization, num_chains=args.num_chains, num_steps=4 * args.num_steps,
         num_burnin=4 * args.num_burnin,
     )
@@ -92,54 +135,78 @@ def main(args):
             row[f"llc_n{n}"] = float(finite.llc[s, index])
             row[f"stderr_n{n}"] = float(finite.stderr[s, index])
             row[f"verdict_n{n}"] = str(finite_verdicts[s, index])
+            row[f"acceptance_n{n}"] = float(np.mean(finite.diagnostics.acceptance[s, index]))
+            healthy, error, count = _healthy_chain_llc(finite, (s, index))
+            row[f"llc_healthy_chains_n{n}"], row[f"stderr_healthy_chains_n{n}"], row[f"num_healthy_chains_n{n}"] = healthy, error, count
         row["llc_population"] = float(population.llc[0, index])
         row["stderr_population"] = float(population.stderr[0, index])
         row["verdict_population"] = str(population_verdicts[0, index])
         rows.append(row)
     store.save_arrays(
         "llc_critical_points", sizes=np.asarray(sizes), labels=np.asarray([p.label for p in points]),
-        llc=np.asarray(finite.llc), stderr=np.asarray(finite.stderr), llc_population=np.asarray(population.llc[0]),
+        step_sizes=np.asarray(step_sizes), llc=np.asarray(finite.llc), stderr=np.asarray(finite.stderr),
+        llc_per_chain=np.asarray(finite.llc_per_chain), llc_population=np.asarray(population.llc[0]),
         stderr_population=np.asarray(population.stderr[0]), flags=np.asarray(finite.diagnostics.flags),
+        acceptance=np.asarray(finite.diagnostics.acceptance),
     )
     paper = {"5": 7.71, "5+": 9.91, "6": 9.03}
     store.write_summary({
         "question": "λ̂ at each critical point versus theory, for several n and on the exact potential",
-        "settings": {"step_size": args.step_size, "localization": args.localization, "nbeta": "n / log n",
-                     "population_nbeta": nbeta, "population_step_size": step_size},
+        "settings": {"step_size_reference": args.step_size, "reference_n": args.reference_n,
+                     "step_size_rule": "fixed" if args.fixed_step_size else "eps * min(1, nbeta(reference_n) / nbeta(n))",
+                     "step_sizes": dict(zip(map(str, sizes), step_sizes)), "localization": args.localization,
+                     "nbeta": "n / log n", "num_chains": args.num_chains, "num_steps": args.num_steps,
+                     "num_burnin": args.num_burnin, "population_nbeta": nbeta, "population_step_size": step_size},
         "paper_table_k1_n5000": paper,
         "table": rows,
     })
     plot(store, points, sizes, finite, population)
     for row in rows:
         cells = "  ".join(f"n={n}: {row[f'llc_n{n}']:.2f}±{row[f'stderr_n{n}']:.2f}" for n in sizes)
-        print(f"{row['label']:>8}  λ={row['llc_theory']}  {cells}  n=∞: {row['llc_population']:.2f}  [{row['verdict_population']}]")
+        print(f"{row['label']:>8}  λ={row['llc_theory']}  {cells}  n=∞: {row['llc_population']:.2f}  "
+              f"[n={sizes[-1]}: {row[f'verdict_n{sizes[-1]}']}; n=∞: {row['verdict_population']}]")
     return rows
 
 
 def plot(store, points, sizes, finite, population):
     import matplotlib.pyplot as plt
 
+    healthy = llc.grid_verdicts(finite) == "ok"  # (sizes, points)
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for index, point in enumerate(points):
         if point.llc is None and index >= 6:
             continue  # keep the figure readable: all known-λ points plus the lowest 4-gons
         line = left.errorbar(sizes, finite.llc[:, index], yerr=finite.stderr[:, index], marker="o", capsize=3, label=point.label)
+        color = line[0].get_color()
+        bad = ~healthy[:, index]
+        left.scatter(np.asarray(sizes)[bad], np.asarray(finite.llc[bad, index]), s=60, facecolor="white", edgecolor=color, zorder=4)
         if point.llc is not None:
-            left.axhline(point.llc, color=line[0].get_color(), ls="--", lw=1)
+            left.axhline(point.llc, color=color, ls="--", lw=1)
     left.set_xscale("log")
     left.set_xlabel("n (nβ = n / log n)")
     left.set_ylabel(r"$\hat\lambda$")
-    left.set_title("λ̂ versus n (dashed: exact λ)")
+    left.set_title("λ̂ versus n (dashed: exact λ; hollow: verdict not ok)")
     left.legend(fontsize=8, ncol=2)
     x = np.arange(len(points))
-    right.bar(x - 0.2, np.asarray(population.llc[0]), 0.4, yerr=np.asarray(population.stderr[0]), label="λ̂, exact potential", capsize=2)
-    right.bar(x + 0.2, np.asarray(finite.llc[-1]), 0.4, yerr=np.asarray(finite.stderr[-1]), label=f"λ̂, n = {sizes[-1]}", capsize=2)
+    values = {"exact potential": np.asarray(population.llc[0]), f"n = {sizes[-1]}": np.asarray(finite.llc[-1])}
+    errors = {"exact potential": np.asarray(population.stderr[0]), f"n = {sizes[-1]}": np.asarray(finite.stderr[-1])}
+    # Escaped chains at the σ⁻ saddles give λ̂ of −10² to −10³: clip the axis to the meaningful range
+    # and print the clipped values, rather than let them flatten the bars that matter.
+    floor = -6.0
+    for offset, name in ((-0.2, "exact potential"), (0.2, f"n = {sizes[-1]}")):
+        right.bar(x + offset, np.maximum(values[name], floor), 0.4, yerr=np.where(values[name] > floor, errors[name], 0),
+                  label=f"λ̂, {name}", capsize=2)
+        for i in np.flatnonzero(values[name] <= floor):
+            right.annotate(f"{values[name][i]:.0f}", (x[i] + offset, floor), xytext=(0, 2), textcoords="offset points",
+                           rotation=90, fontsize=6, ha="center", va="bottom")
     theory = [p.llc if p.llc is not None else np.nan for p in points]
     right.scatter(x, theory, color="k", marker="_", s=400, zorder=3, label="exact λ")
+    right.axhline(0, color="k", lw=0.6)
+    right.set_ylim(floor - 0.5, max(12.0, float(np.nanmax(list(values.values()))) + 1.5))
     right.set_xticks(x, [p.label for p in points], rotation=60, fontsize=8)
     right.set_ylabel(r"$\lambda$")
-    right.set_title("Every catalogue point (sorted by loss)")
-    right.legend(fontsize=8)
+    right.set_title("Every catalogue point (sorted by loss; negative: chains escaped, clipped)")
+    right.legend(fontsize=8, loc="upper right")
     figure.tight_layout()
     store.save_figure("llc_critical_points", figure)
 

@@ -119,6 +119,7 @@ def test_llc_of_two_weight_product_model(key):
     check_product_model(key, (1, 2), t=100.0, step_size=1e-4, num_steps=300_000, num_burnin=60_000, allowance=0.03)
 
 
+@pytest.mark.slow  # ~35-50 s on 2 CPU cores; the quadratic and product-model tests keep exact answers in the fast suite
 def test_llc_on_exact_tms_potential_within_five_percent(key, x64):
     r"""On the closed-form potential with nβ = 1e5: λ̂ within 5% of 7 (5-gon, dead bias −1), 8.5 (5⁺),
     8.5 (6-gon). The three centres run as one vmapped call (the along-training entry point).
