@@ -78,6 +78,29 @@ def test_sharded_sweep_equals_unsharded(key, x64):
     np.testing.assert_array_equal(np.asarray(sharded.info.num_integration_steps), np.asarray(plain.info.num_integration_steps))
 
 
+def test_shared_data_equals_per_lane_data(key, x64):
+    # data_axes=(None, 0): the mean is shared by every lane, the std is per lane; the result must be
+    # that of the sweep with the mean copied to every lane.
+    mean, std = jax.tree.map(lambda a: a.astype(jnp.float64), _targets(5))
+    keys = jax.random.split(key, 5)
+    start = jnp.zeros((5, 3), jnp.float64)
+    kwargs = dict(num_warmup=30, num_samples=20)
+    plain = make_nuts_sweep(gaussian_logdensity, **kwargs)(keys, start, (jnp.broadcast_to(mean[0], (5, 3)), std))
+    shared = make_nuts_sweep(gaussian_logdensity, data_axes=(None, 0), **kwargs)(keys, start, (mean[0], std))
+    np.testing.assert_allclose(np.asarray(shared.positions), np.asarray(plain.positions), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.slow  # a second sharded compilation; the fast suite keeps test_sharded_sweep_equals_unsharded
+def test_shared_data_sharded_equals_unsharded(key, x64):
+    mean, std = jax.tree.map(lambda a: a.astype(jnp.float64), _targets(5))
+    keys = jax.random.split(key, 5)
+    start = jnp.zeros((5, 3), jnp.float64)
+    kwargs = dict(num_warmup=30, num_samples=20, data_axes=(None, 0))
+    plain = make_nuts_sweep(gaussian_logdensity, **kwargs)(keys, start, (mean[0], std))
+    sharded = make_nuts_sweep(gaussian_logdensity, mesh=sharding.grid_mesh(), **kwargs)(keys, start, (mean[0], std))
+    np.testing.assert_allclose(np.asarray(sharded.positions), np.asarray(plain.positions), rtol=1e-9, atol=1e-9)
+
+
 def test_sweep_validates_grid_and_counts(key):
     mean, std = _targets(2)
     sweep = make_nuts_sweep(gaussian_logdensity, num_warmup=5, num_samples=5)
@@ -91,3 +114,37 @@ def test_sweep_validates_grid_and_counts(key):
 
 def test_lockstep_efficiency():
     assert lockstep_efficiency(np.array([[1, 3], [3, 3]])) == pytest.approx((2 + 3) / (3 + 3))
+
+
+# ChEES vs NUTS on the TMS posterior where chains mix (n = 350, 450; 5- and 6-gons compete there):
+# both samplers must give the same phase occupancies within their (ESS-based) errors.
+CHEES_SIZES = (350, 450)
+
+
+def _occupancies(tmp_path, sampler):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / sampler
+    subprocess.run(
+        [sys.executable, "-m", "experiments.bayesian_transitions", "--out", str(out), "--sampler", sampler,
+         "--sizes", ",".join(map(str, CHEES_SIZES)), "--num-warmup", "300", "--num-samples", "400",
+         "--block-sizes", "2", "--tsne-points", "0", "--no-progress"],
+        check=True, capture_output=True,
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    return summary["occupancy"], summary["occupancy_stderr"]
+
+
+@pytest.mark.slow
+def test_chees_matches_nuts_phase_occupancy_on_tms(tmp_path):
+    nuts, nuts_se = _occupancies(tmp_path, "nuts")
+    chees, chees_se = _occupancies(tmp_path, "chees")
+    print({"nuts": nuts, "nuts_se": nuts_se, "chees": chees, "chees_se": chees_se})
+    for label in ("6", "5+", "5"):
+        for i, n in enumerate(CHEES_SIZES):
+            difference = abs(nuts[label][i] - chees[label][i])
+            # Four combined standard errors: the errors are ESS-based and already conservative.
+            tolerance = 4 * float(np.hypot(nuts_se[label][i], chees_se[label][i]))
+            assert difference < tolerance, (label, n, nuts[label][i], chees[label][i], tolerance)
