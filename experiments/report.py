@@ -128,8 +128,13 @@ def render(root: Path, status: dict, rows: list[dict]) -> str:
         seconds = "" if info.get("seconds") is None else f"{info['seconds']:.0f}"
         lines.append(f"| {name} | {info['status']} | {seconds} |")
     lines += ["", "## Key numbers next to the paper's", "", "| experiment | quantity | tmsjax | paper | note |", "|---|---|---|---|---|"]
+    notes = [row for row in rows if row["quantity"] == "note"]
     for row in rows:
-        lines.append(f"| {row['experiment']} | {row['quantity']} | {_fmt(row['tmsjax'])} | {_fmt(row['paper'])} | {row['note']} |")
+        if row["quantity"] != "note":
+            lines.append(f"| {row['experiment']} | {row['quantity']} | {_fmt(row['tmsjax'])} | {_fmt(row['paper'])} | {row['note']} |")
+    if notes:
+        lines += ["", "## What differs, and why", ""]
+        lines += [f"**{row['experiment']}.** {row['tmsjax']}" for row in notes]
     failures = {n: s for n, s in status.items() if s["status"] == "failed"}
     if failures:
         lines += ["", "## Failures", ""]
