@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.common import fill_from_preset
 from tmsjax import llc
 from tmsjax.critical import critical_points
 from tmsjax.data import make_dataset, sample_sparse_limit
@@ -48,10 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--num-burnin", type=int)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    preset = PRESETS["smoke" if args.smoke else args.preset]
-    for name, value in preset.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_from_preset(args, PRESETS)
     return args
 
 

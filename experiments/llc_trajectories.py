@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.common import fill_from_preset
 from tmsjax import llc
 from tmsjax.model import TMSParams
 from tmsjax.results import ResultStore
@@ -92,10 +93,7 @@ def parse_args(argv=None):
     parser.add_argument("--llc-seed", type=int, default=1, help="seed of the SGLD chains")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    preset = PRESETS["smoke" if args.smoke else args.preset]
-    for name, value in preset.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    fill_from_preset(args, PRESETS)
     if args.checkpoint_stride < 1 or args.num_chains < 1 or args.llc_steps < 1 or args.min_step < 0:
         parser.error("--checkpoint-stride, --num-chains, --llc-steps must be positive and --min-step non-negative")
     return args
