@@ -26,6 +26,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--features", default="4,5,6,7,8", help="comma-separated numbers of features c")
     parser.add_argument("--smoke", action="store_true", help="c = 6 only (seconds)")
+    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu", help="exact computation: same at every scale")
     return parser.parse_args(argv)
 
 

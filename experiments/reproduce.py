@@ -40,6 +40,9 @@ EXPERIMENTS = [
 ]
 
 
+DONE = ".done"
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder")
@@ -69,21 +72,28 @@ def main(args) -> dict:
     store = ResultStore(root)
     store.write_config({"preset": args.preset, "smoke": args.smoke})
     selected = EXPERIMENTS if args.only is None else [e for e in EXPERIMENTS if e[0] in args.only.split(",")]
+    if args.only is not None:
+        unknown = sorted(set(args.only.split(",")) - {e[0] for e in EXPERIMENTS})
+        if unknown:
+            raise ValueError(f"--only names unknown experiments {unknown}; choose from {[e[0] for e in EXPERIMENTS]}")
     status = {}
     bar = tqdm(selected, desc="reproduce", unit="experiment")
     for name, extra, cpu_extra in bar:
         bar.set_postfix_str(name)
         out = root / name
-        if (out / "summary.json").exists():
+        if (out / DONE).exists():
             status[name] = {"status": "done (resumed)", "seconds": None}
             continue
         start = time.perf_counter()
         try:
             _run_one(name, extra, cpu_extra, out, args)
+            # The marker is written only once main() returned, figures included: an experiment
+            # interrupted after its summary.json is run again (and resumes from its own files).
+            (out / DONE).write_text(f"{time.perf_counter() - start:.1f} s\n")
             status[name] = {"status": "ok", "seconds": time.perf_counter() - start}
         except KeyboardInterrupt:
             raise
-        except Exception as error:  # reported, and the other experiments still run
+        except (Exception, SystemExit) as error:  # reported (argparse exits too); the others still run
             status[name] = {"status": "failed", "error": f"{type(error).__name__}: {error}",
                             "traceback": traceback.format_exc(), "seconds": time.perf_counter() - start}
             tqdm.write(f"[reproduce] {name} failed: {error}")

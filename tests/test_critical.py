@@ -34,8 +34,11 @@ def test_polygon_parameters_and_constants():
         assert (round(l_star, 5), round(b_star, 5)) == (radius, bias)
     constants = {p.label: p.constant for p in critical_points(6)}
     # PAPER_NOTES §5 (the notes' 6.37767 comes from rounded l*, b*; exact: 6.377638).
-    for label, value in {"5": 3.62417, "5+": 3.62764, "6": 6.37767, "4": 2.0, "4+": 2.00347}.items():
-        assert constants[label] == pytest.approx(value, abs=5e-5)
+    for label, value in {"5": 3.62417, "5+": 3.62764, "4": 2.0, "4+": 2.00347}.items():
+        assert constants[label] == pytest.approx(value, abs=5e-6)
+    l6, b6, _ = solve_kgon(6)
+    assert constants["6"] == pytest.approx(3 * (l6**2 + b6**2), rel=1e-12)  # ½‖w*‖², 6 columns and biases
+    assert round(constants["6"], 5) == 6.37764  # the notes' 6.37767 uses l*, b* rounded to 5 digits
 
 
 @pytest.mark.parametrize("c", [4, 5, 7, 8])
@@ -67,6 +70,15 @@ def test_dead_positive_bias_lowers_loss_by_quarter_c_squared():
 def test_catalogue_points_are_consistent_with_potential():
     for p in critical_points(6):
         assert float(tmsjax.potential(p.W.astype(np.float32), p.b.astype(np.float32))) == pytest.approx(p.loss, rel=1e-5)
+
+
+def test_expected_loss_and_solve_reject_impossible_polygons():
+    with pytest.raises(ValueError, match="num_features"):
+        expected_loss(5, 3)
+    with pytest.raises(ValueError, match="sigma_minus"):
+        expected_loss(5, 6, sigma_minus=1)
+    with pytest.raises(ValueError, match="k"):
+        solve_kgon(-1)
 
 
 @pytest.mark.parametrize("kwargs, match", [({"num_features": 6, "num_hidden": 3}, "num_hidden"), ({"num_features": 3}, "at least 4"), ({"num_features": 0}, "num_features")])

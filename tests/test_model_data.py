@@ -76,6 +76,13 @@ def test_init_near_kgon_is_near_kgon(key):
         (lambda: tmsjax.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 5))), "features"),
         (lambda: tmsjax.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 3)), np.zeros(4, bool)), "no data"),
         (lambda: tmsjax.init_near_kgon(jax.random.key(0), 7, 6), "k=7"),
+        (lambda: tmsjax.init_near_kgon(jax.random.key(0), 4, 6, radius=np.nan), "radius"),
+        (lambda: tmsjax.init_near_kgon(jax.random.key(0), 4, 6, radius=(1.0, 0.5)), "radius"),
+        (lambda: tmsjax.init_params(jax.random.key(0), 6, scale=np.nan), "scale"),
+        (lambda: tmsjax.sample_sparse(jax.random.key(0), 10, 4, np.nan), "feature_probability"),
+        (lambda: tmsjax.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 3)), np.arange(4)), "boolean"),
+        (lambda: tmsjax.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.full((4, 3), np.nan)), "x contains NaN"),
+        (lambda: tmsjax.make_dataset(np.full((4, 3), np.nan)), "x contains NaN"),
     ],
 )
 def test_bad_input(call, match):

@@ -148,3 +148,30 @@ def test_chees_matches_nuts_phase_occupancy_on_tms(tmp_path):
             # Four combined standard errors: the errors are ESS-based and already conservative.
             tolerance = 4 * float(np.hypot(nuts_se[label][i], chees_se[label][i]))
             assert difference < tolerance, (label, n, nuts[label][i], chees[label][i], tolerance)
+
+
+def test_occupancy_error_matches_independent_draws():
+    # iid 0/1 draws: the ESS is the number of draws, so se ≈ sqrt(p(1 − p)/N); 5 × 4 × 2000 draws
+    # give the estimated ESS a relative spread of a few percent.
+    rng = np.random.default_rng(0)
+    for p in [0.05, 0.3]:
+        indicator = rng.random((4, 2000)) < p
+        p_hat, se, ess = diagnostics.occupancy_with_error(indicator)
+        assert 0.8 * 8000 < ess <= 8000
+        assert se == pytest.approx(np.sqrt(p_hat * (1 - p_hat) / 8000), rel=0.15)
+
+
+def test_occupancy_error_of_sticky_and_frozen_chains():
+    # A two-state Markov chain that switches with probability q per draw has ESS ≈ N q / (1 − q) at
+    # p = ½; chains that never switch count once each.
+    rng = np.random.default_rng(1)
+    q, num_draws = 0.02, 20_000
+    flips = rng.random((4, num_draws)) < q
+    sticky = (np.cumsum(flips, axis=1) % 2).astype(float)
+    _, _, ess = diagnostics.occupancy_with_error(sticky)
+    expected = 4 * num_draws * q / (1 - q)
+    assert 0.6 * expected < ess < 1.6 * expected
+    frozen = np.zeros((5, 100))
+    frozen[:2] = 1.0
+    p_hat, se, ess = diagnostics.occupancy_with_error(frozen)
+    assert ess == 5 and p_hat == pytest.approx(0.4) and se == pytest.approx(np.sqrt(0.24 / 5))

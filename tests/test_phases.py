@@ -105,6 +105,10 @@ def test_bad_input(W, b, match):
 
 
 def test_bad_batch_input():
+    with pytest.raises(ValueError, match="max_distance"):
+        classify_batch(np.zeros((1, 2, 6)), np.zeros((1, 6)), max_distance=np.nan)
+    with pytest.raises(ValueError, match="chunk"):
+        classify_batch(np.zeros((1, 2, 6)), np.zeros((1, 6)), chunk=0)
     with pytest.raises(ValueError, match="3 dimensions"):
         classify_batch(np.zeros((2, 6)), np.zeros(6))
     with pytest.raises(ValueError, match="batch axis"):

@@ -34,3 +34,22 @@ def test_reproduce_every_experiment_at_smoke_size(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     failed = {name: s for name, s in summary["status"].items() if s["status"] == "failed"}
     assert not failed, failed
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_every_experiment_accepts_the_reproduction_arguments(tmp_path, preset):
+    import importlib
+
+    from experiments.reproduce import EXPERIMENTS
+
+    for name, extra, cpu_extra in EXPERIMENTS:
+        module = importlib.import_module(f"experiments.{name}")
+        argv = [a.replace("{root}", str(tmp_path)) for a in extra] + ["--out", str(tmp_path / name)]
+        argv += cpu_extra if preset == "cpu" else ["--preset", "paper"]
+        module.parse_args(argv)  # argparse exits on an unknown argument
+
+
+def test_unknown_experiment_name_is_an_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--out", str(tmp_path), "--only", "sgd_plateau"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "sgd_plateau" in result.stderr

@@ -202,7 +202,11 @@ def test_resume_from_store_gives_the_same_trajectory(key, tmp_path):
     resumed = train(keys, params, dataset, store=store, on_chunk=lambda i, s, o: seen.append(i), **common)
     assert seen[:3] == [0, 1, 1]  # chunk 0 was loaded from disk, chunk 1 re-run after the crash
     np.testing.assert_allclose(resumed.params.W, fresh.params.W, rtol=1e-6)
+    np.testing.assert_allclose(resumed.train_loss, fresh.train_loss, rtol=1e-6)
     np.testing.assert_array_equal(resumed.steps, fresh.steps)
+    # The same store with another schedule would relabel the saved chunks: refused.
+    with pytest.raises(ValueError, match="other settings"):
+        train(keys, params, dataset, store=store, **(common | {"num_steps": 400}))
 
 
 def test_divergence_is_data_and_learning_rate_is_per_run(key):

@@ -38,7 +38,11 @@ def check_finite(name: str, value) -> None:
 
 
 def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) <= 0:
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and int(value) > 0
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
 

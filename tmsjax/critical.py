@@ -158,11 +158,18 @@ def solve_kgon(k: int) -> tuple[float, float, float]:
     """Radius l*, bias b* and h_k = H(k-gon at c = k) of the regular k-gon critical point, k ≥ 4.
 
     Newton's method on ∇h(l, b) = 0 in float64 from a start that extrapolates the k = 5..8 values.
+    PAPER_NOTES §3 says no regular k-gon critical point exists for 9 ≤ k ≤ 203 unless 4 | k; the exact
+    potential disagrees: from this start Newton converges for k = 9..13 to points with ‖∇L‖ ~ 1e-16
+    (confirmed against finite differences of the quadrature loss), the 9-gon (l = 1.61711,
+    b = −1.54232, L = 0.14340 at c = 9) even with a positive semi-definite Hessian. They enter the
+    catalogue only from c = 9, which no experiment here uses.
 
     Raises:
-      ValueError: if Newton does not converge to a point with b* < 0 (no regular k-gon critical
-        point of this kind, e.g. 9 ≤ k ≤ 203 with 4 ∤ k).
+      ValueError: for k < 4, or if Newton does not converge to a point with l* > 0 and b* < 0.
     """
+    k = check_positive_int("k", k)
+    if k < 4:
+        raise ValueError(f"k must be at least 4 for a regular k-gon critical point, got {k}")
     if k == 4:
         return 1.0, 0.0, 0.0
     with jax.enable_x64(True):
@@ -266,6 +273,10 @@ def critical_points(num_features: int, num_hidden: int = 2) -> list[CriticalPoin
 
 def expected_loss(k: int, num_features: int, sigma_plus: int = 0, sigma_minus: int = 0) -> float:
     """L of a k^{σ+,σ−}-gon from h_k alone: (h_k + c − k + σ⁻)/(3c) − σ⁺/(4c²)."""
+    if not (check_positive_int("num_features", num_features) >= k):
+        raise ValueError(f"num_features={num_features} must be at least k={k}")
+    if not (0 <= sigma_plus <= num_features - k and 0 <= sigma_minus <= (k if k == 4 else 0)):
+        raise ValueError(f"no {k}-gon with sigma_plus={sigma_plus}, sigma_minus={sigma_minus} at num_features={num_features}")
     _, _, h_k = solve_kgon(k)
     c = num_features
     return (h_k + c - k + sigma_minus) / (3 * c) - sigma_plus / (4 * c**2)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tmsjax._checks import as_float_array, check_positive_int
+from tmsjax._checks import as_float_array, check_finite, check_positive_int
 from tmsjax.types import Array, Bool, Float, Int, PRNGKey
 
 
@@ -52,7 +52,7 @@ def sample_sparse(
     num_data = check_positive_int("num_data", num_data)
     num_features = check_positive_int("num_features", num_features)
     p = np.asarray(feature_probability, dtype=float) if not isinstance(feature_probability, jax.Array) else feature_probability
-    if not isinstance(p, jax.core.Tracer) and (np.any(np.asarray(p) < 0) or np.any(np.asarray(p) > 1)):
+    if not isinstance(p, jax.core.Tracer) and not np.all((np.asarray(p) >= 0) & (np.asarray(p) <= 1)):
         raise ValueError(f"feature_probability must lie in [0, 1], got {feature_probability!r}")
     key_on, key_value = jax.random.split(key)
     present = jax.random.uniform(key_on, (num_data, num_features)) < p
@@ -68,6 +68,7 @@ def make_dataset(x, n_max: int | None = None) -> Dataset:
         raise ValueError(f"n_max={n_max} is smaller than the {n} rows of x")
     if n == 0:
         raise ValueError("x has no rows: n must be positive")
+    check_finite("x", x)
     padded = jnp.concatenate([x, jnp.zeros((n_max - n, x.shape[1]), x.dtype)])
     return Dataset(padded, jnp.arange(n_max) < n)
 
@@ -90,22 +91,33 @@ def nested_datasets(x, sizes) -> Dataset:
     return Dataset(jnp.broadcast_to(x, (len(sizes), *x.shape)), mask)
 
 
+def minibatch_indices(key: PRNGKey, num_data, batch_size: int) -> Int[Array, " batch_size"]:
+    """`batch_size` row indices drawn uniformly with replacement from the first `num_data` rows.
+
+    ``floor(u · n)`` works with n traced, because real rows come first in a padded dataset.
+    """
+    index = jnp.floor(jax.random.uniform(key, (batch_size,)) * num_data).astype(jnp.int32)
+    return jnp.minimum(index, num_data - 1)
+
+
+def shuffled_indices(key: PRNGKey, mask: Bool[Array, " n_max"]) -> Int[Array, " n_max"]:
+    """A random order of the real rows first, padding rows last: shuffling without replacement, n traced."""
+    scores = jax.random.uniform(key, mask.shape)
+    return jnp.argsort(jnp.where(mask, scores, 2.0)).astype(jnp.int32)
+
+
 def sample_minibatch(key: PRNGKey, dataset: Dataset, batch_size: int) -> Float[Array, "batch_size num_features"]:
     """Draws `batch_size` rows uniformly with replacement from the real rows of a padded dataset.
 
     Relies on real rows coming first (as :func:`make_dataset` and :func:`nested_datasets` build
     them), so that index = floor(u · n) works with n traced.
     """
-    n = dataset.num_data
-    index = jnp.floor(jax.random.uniform(key, (batch_size,)) * n).astype(jnp.int32)
-    index = jnp.minimum(index, n - 1)
-    return dataset.x[index]
+    return dataset.x[minibatch_indices(key, dataset.num_data, batch_size)]
 
 
 def epoch_permutation(key: PRNGKey, dataset: Dataset) -> Int[Array, " n_max"]:
-    """A random order of the real rows first, padding rows last: shuffling without replacement, n traced."""
-    scores = jax.random.uniform(key, dataset.mask.shape)
-    return jnp.argsort(jnp.where(dataset.mask, scores, 2.0))
+    """A random order of the real rows first, padding rows last (see :func:`shuffled_indices`)."""
+    return shuffled_indices(key, dataset.mask)
 
 
 __all__ = [
@@ -116,4 +128,6 @@ __all__ = [
     "nested_datasets",
     "sample_minibatch",
     "epoch_permutation",
+    "minibatch_indices",
+    "shuffled_indices",
 ]

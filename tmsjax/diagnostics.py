@@ -55,29 +55,30 @@ def rhat(draws) -> np.ndarray:
 
 
 def indicator_ess(indicator) -> float:
-    """ESS of a 0/1 indicator (e.g. "sample is in phase α") pooled over chains; chains on which the
-    indicator is constant carry no autocorrelation information and count as their number of draws
-    times the pooled ESS fraction of the others (or all their draws if every chain is constant)."""
+    """ESS of a 0/1 indicator (e.g. "sample is in phase α"), (num_chains, num_draws).
+
+    A chain on which the indicator varies contributes its own ESS (clipped to [1, num_draws]); a
+    chain on which it is constant never left (or never entered) the phase, so as far as the phase is
+    concerned it is one independent assignment and contributes 1.
+    """
     indicator = _as_draws("indicator", indicator).astype(float)
-    num_chains, num_draws = indicator.shape[:2]
+    num_draws = indicator.shape[1]
     varying = np.std(indicator, axis=1) > 0
-    if not np.any(varying):
-        return float(num_chains * num_draws)
-    ess = np.asarray(per_chain_ess(indicator[varying]), dtype=float)
-    ess = np.clip(np.nan_to_num(ess, nan=1.0), 1.0, num_draws)
-    fraction = float(np.sum(ess)) / (np.sum(varying) * num_draws)
-    return float(np.sum(ess) + np.sum(~varying) * num_draws * fraction)
+    ess = 0.0
+    if np.any(varying):
+        per_chain = np.asarray(per_chain_ess(indicator[varying]), dtype=float)
+        ess = float(np.sum(np.clip(np.nan_to_num(per_chain, nan=1.0), 1.0, num_draws)))
+    return ess + float(np.sum(~varying))
 
 
 def occupancy_with_error(indicator) -> tuple[float, float, float]:
     """Occupancy p̂ of a 0/1 indicator (num_chains, num_draws) with its ESS-based binomial error.
 
-    .. math:: \\mathrm{se} = \\sqrt{\\hat p(1-\\hat p)/\\mathrm{ESS}},\\ \\text{floored at}\\ 
-              \\sqrt{1/4}/\\mathrm{ESS}\\ \\text{so a 0 or 1 estimate still carries an error}
+    .. math:: \\mathrm{se} = \\sqrt{\\hat p(1-\\hat p)/\\mathrm{ESS}},\\ \\text{floored at}\\
+              \\tfrac12/\\mathrm{ESS}\\ \\text{so a 0 or 1 estimate still carries an error}
 
-    Chains that never switch phase are effectively one draw each as far as the phase is concerned
-    (their indicator is constant), so for non-mixing chains we take ESS = number of chains, the
-    honest count of independent phase assignments.
+    The ESS is :func:`indicator_ess` (at least the number of chains); with fewer than 4 draws per
+    chain there is no autocorrelation estimate and each chain counts once.
 
     Returns:
       (p̂, standard error, ESS used).
@@ -85,13 +86,8 @@ def occupancy_with_error(indicator) -> tuple[float, float, float]:
     indicator = _as_draws("indicator", indicator, min_draws=1).astype(float)
     num_chains = indicator.shape[0]
     p = float(np.mean(indicator))
-    switches = np.sum(np.abs(np.diff(indicator, axis=1)), axis=1)
-    if indicator.shape[1] >= 4 and np.any(switches > 0):
-        ess = max(float(num_chains), min(indicator_ess(indicator), float(indicator.size)))
-        # Chains without a switch contribute one independent assignment each, not num_draws.
-        ess = min(ess, float(np.sum(switches) + num_chains))
-    else:
-        ess = float(num_chains)
+    ess = indicator_ess(indicator) if indicator.shape[1] >= 4 else float(num_chains)
+    ess = max(ess, float(num_chains))
     se = max(np.sqrt(p * (1 - p) / ess), 0.5 / ess)
     return p, float(se), ess
 

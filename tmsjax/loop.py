@@ -5,6 +5,7 @@ progress bar, appends each chunk's outputs to disk and can resume from the last 
 gives progress bars that survive vmap, bounded device memory, and nothing lost to a crash or Ctrl-C.
 """
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from tmsjax.results import ResultStore
+from tmsjax.results import ResultStore, to_jsonable
 from tmsjax.types import PyTree
 
 _KEY_MARK = "__prng_key__"
@@ -23,8 +24,8 @@ def tree_to_arrays(tree: PyTree) -> dict[str, np.ndarray]:
     """Flattens a pytree to numbered host arrays; new-style PRNG keys are stored as their raw data."""
     arrays = {}
     for index, leaf in enumerate(jax.tree.leaves(tree)):
-        leaf = jnp.asarray(leaf)
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        # Host leaves stay numpy: a jnp round trip would silently narrow 64-bit values without x64.
+        if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             arrays[f"{index}{_KEY_MARK}"] = np.asarray(jax.random.key_data(leaf))
         else:
             arrays[str(index)] = np.asarray(leaf)
@@ -55,6 +56,7 @@ def run_chunked(
     desc: str | None = None,
     progress: bool = True,
     on_chunk: Callable[[int, Any, PyTree], None] | None = None,
+    fingerprint: dict | None = None,
 ) -> tuple[PyTree, list[PyTree]]:
     """Runs ``carry, out = chunk_fn(carry, chunk_index)`` for every chunk, with progress and resume.
 
@@ -69,6 +71,12 @@ def run_chunked(
       progress: show a tqdm progress bar.
       on_chunk: optional callback ``(chunk_index, carry, outputs)`` after each chunk (e.g. a
         divergence check that raises).
+      fingerprint: JSON-able settings that must match for a resume (e.g. the step schedule); the
+        number of chunks and the carry's shapes and dtypes are always part of it.
+
+    Raises:
+      ValueError: when the store holds a run of `name` with another fingerprint (resuming it would
+        relabel old chunks with new settings).
 
     Returns:
       The final carry and the list of per-chunk outputs (host numpy pytrees), in order.
@@ -76,6 +84,17 @@ def run_chunked(
     outputs: list[PyTree] = []
     start = 0
     if store is not None:
+        signature = {
+            "num_chunks": int(num_chunks),
+            "carry": [[list(np.shape(leaf)), str(getattr(leaf, "dtype", type(leaf).__name__))] for leaf in jax.tree.leaves(carry)],
+            "settings": fingerprint or {},
+        }
+        signature = json.loads(json.dumps(to_jsonable(signature)))
+        previous = store.read_json(f"{name}/fingerprint.json")
+        if previous is not None and previous != signature:
+            changed = sorted(k for k in signature if previous.get(k) != signature[k])
+            raise ValueError(f"{store.path(name)} holds a run with other settings ({changed}); use another store or name")
+        store.write_json(f"{name}/fingerprint.json", signature)
         saved = store.load_arrays(f"{name}/carry")
         if saved is not None:
             start = min(int(saved.pop("__num_done__")), num_chunks)

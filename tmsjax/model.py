@@ -17,8 +17,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from tmsjax._checks import as_float_array, check_params, check_positive_int
+from tmsjax._checks import as_float_array, check_finite, check_params, check_positive_int
 from tmsjax.types import Array, Bool, Float, PRNGKey
 
 
@@ -87,8 +88,11 @@ def empirical_loss(W, b, x, mask=None, importance=None) -> Float[Array, ""]:
     x = as_float_array("x", x, ndim=2)
     if x.shape[1] != W.shape[1]:
         raise ValueError(f"x has {x.shape[1]} features but W has {W.shape[1]} columns")
+    check_finite("x", x)
     if mask is not None:
         mask = jnp.asarray(mask)
+        if mask.dtype != jnp.bool_:
+            raise ValueError(f"mask must be boolean (which rows are data), got dtype {mask.dtype}")
         if mask.shape != (x.shape[0],):
             raise ValueError(f"mask must have shape ({x.shape[0]},), got {tuple(mask.shape)}")
         if not isinstance(mask, jax.core.Tracer) and not bool(mask.any()):
@@ -100,12 +104,30 @@ def empirical_loss(W, b, x, mask=None, importance=None) -> Float[Array, ""]:
     return loss(TMSParams(W, b), x, mask, importance)
 
 
+def _check_nonnegative_scalar(name, value):
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+
+
+def _check_range(name, value, allow_negative=False):
+    """A finite number, or a (low, high) range with low ≤ high (non-negative unless allowed)."""
+    values = np.asarray(value, dtype=float).reshape(-1)
+    if values.size not in (1, 2) or not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} must be a finite number or a (low, high) range, got {value!r}")
+    if values.size == 2 and values[0] > values[1]:
+        raise ValueError(f"{name} range must have low <= high, got {value!r}")
+    if not allow_negative and np.any(values < 0):
+        raise ValueError(f"{name} must be non-negative, got {value!r}")
+
+
 def init_params(
     key: PRNGKey, num_features: int, num_hidden: int = 2, *, scale: float = 1.0, bias_scale: float = 0.0
 ) -> TMSParams:
     """Random parameters: W ~ N(0, scale²), b ~ N(0, bias_scale²) (b = 0 by default)."""
     num_features = check_positive_int("num_features", num_features)
     num_hidden = check_positive_int("num_hidden", num_hidden)
+    _check_nonnegative_scalar("scale", scale)
+    _check_nonnegative_scalar("bias_scale", bias_scale)
     key_W, key_b = jax.random.split(key)
     W = scale * jax.random.normal(key_W, (num_hidden, num_features))
     b = bias_scale * jax.random.normal(key_b, (num_features,))
@@ -139,6 +161,9 @@ def init_near_kgon(
     k = check_positive_int("k", k)
     if k > num_features:
         raise ValueError(f"k={k} exceeds num_features={num_features}")
+    _check_range("radius", radius)
+    _check_range("bias", bias, allow_negative=True)
+    _check_nonnegative_scalar("noise", noise)
     key_r, key_theta, key_perm, key_noise, key_b = jax.random.split(key, 5)
     if isinstance(radius, tuple):
         rho = jax.random.uniform(key_r, (), minval=radius[0], maxval=radius[1])

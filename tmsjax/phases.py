@@ -202,10 +202,14 @@ def classify_batch(W, b, *, max_distance: float = DEFAULT_MAX_DISTANCE, chunk: i
       ValueError: on wrong shapes or dtypes, r ≠ 2, fewer than 4 features, or NaN entries.
     """
     W, b = check_params(W, b, batched=True, num_hidden=2)
+    max_distance = float(max_distance)
+    if not max_distance > 0:  # also rejects NaN, which would miss the compile cache on every call
+        raise ValueError(f"max_distance must be positive (inf allowed), got {max_distance!r}")
+    chunk = check_positive_int("chunk", chunk)
     if W.shape[0] == 0:
         raise ValueError("W has an empty batch axis")
     num_features = W.shape[-1]
-    ids, distance = _batch_classifier(num_features, float(max_distance), int(chunk))(W, b)
+    ids, distance = _batch_classifier(num_features, max_distance, chunk)(W, b)
     return BatchClassification(ids, distance, phase_labels(num_features))
 
 

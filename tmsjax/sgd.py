@@ -40,7 +40,7 @@ import numpy as np
 import optax
 
 from tmsjax._checks import check_positive_int
-from tmsjax.data import Dataset
+from tmsjax.data import Dataset, minibatch_indices, shuffled_indices
 from tmsjax.loop import concatenate_chunks, run_chunked
 from tmsjax.model import TMSParams, init_near_kgon
 from tmsjax.model import loss as tms_loss
@@ -220,17 +220,14 @@ def _chunk_program(
 
     def draw_batch(state, key, datasets, index, num_data):
         if sampling == "replacement":
-            # Real rows come first (data.make_dataset), so floor(u·n) picks a real row with n traced.
-            rows = jnp.floor(jax.random.uniform(key, (batch_size,)) * num_data).astype(jnp.int32)
-            return jnp.minimum(rows, num_data - 1), state
+            return minibatch_indices(key, num_data, batch_size), state
         # Epoch sampling: without replacement, reshuffling when fewer than a batch of unused real rows
         # remain (the last partial batch of an epoch is dropped, as PyTorch's drop_last=True). Under
         # vmap the reshuffle is a select, so the sort runs every step: use it when fidelity to
         # epochs matters more than speed.
         mask = datasets.mask[index]
         exhausted = state.position + batch_size > num_data
-        scores = jax.random.uniform(key, mask.shape)
-        fresh = jnp.argsort(jnp.where(mask, scores, 2.0)).astype(jnp.int32)
+        fresh = shuffled_indices(key, mask)
         order = jnp.where(exhausted, fresh, state.order)
         position = jnp.where(exhausted, 0, state.position)
         rows = jax.lax.dynamic_slice(order, (position,), (batch_size,))
@@ -478,8 +475,13 @@ def train(
     def chunk_fn(state, chunk_index):
         return run_chunk(state, keys, dataset_index, num_data, datasets, jnp.asarray(plan.lengths[chunk_index]))
 
+    # A resume must continue the same run: the schedule, objective and sampling are checked against
+    # the store (the keys, data and learning rates are the caller's to keep, as their config).
+    fingerprint = {"schedule": plan.lengths.tolist(), "num_runs": num_runs, "objective": objective,
+                   "sampling": sampling, "batch_size": int(batch_size)}
     state, outputs = run_chunked(
-        chunk_fn, state, len(plan.lengths), store=store, name=name, desc=f"{name} ({num_runs} runs)", progress=progress, on_chunk=on_chunk
+        chunk_fn, state, len(plan.lengths), store=store, name=name, desc=f"{name} ({num_runs} runs)",
+        progress=progress, on_chunk=on_chunk, fingerprint=fingerprint,
     )
     infos = concatenate_chunks(outputs, axis=1)
     keep = plan.record.reshape(-1)

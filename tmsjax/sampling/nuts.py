@@ -37,6 +37,8 @@ import optax
 from blackjax.adaptation.base import get_filter_adapt_info_fn
 from jax.flatten_util import ravel_pytree
 
+from tmsjax._checks import check_positive_int
+
 from tmsjax.types import Array, Bool, Float, Int, PRNGKey, PyTree
 
 
@@ -164,6 +166,7 @@ def make_nuts_sweep(
       ValueError: if the grid axes of keys, positions and data disagree, or positions hold NaN.
     """
     _check_counts(num_warmup=num_warmup, num_samples=num_samples, max_num_doublings=max_num_doublings)
+    _check_settings(target_acceptance_rate=target_acceptance_rate, initial_step_size=initial_step_size)
     chain = build_nuts_chain(
         logdensity_fn,
         num_warmup=num_warmup,
@@ -318,19 +321,27 @@ def make_chees_sweep(
 
 def _check_counts(**counts) -> None:
     for name, value in counts.items():
-        if isinstance(value, bool) or int(value) != value or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_positive_int(name, value)
+
+
+def _check_settings(**settings) -> None:
+    """Rates must lie in (0, 1); step sizes and learning rates must be positive and finite."""
+    for name, value in settings.items():
+        if value is None:
+            continue
+        low_high = (0.0, 1.0) if name.endswith("rate") and "learning" not in name else (0.0, np.inf)
+        if not (np.isfinite(value) and low_high[0] < value < low_high[1] if low_high[1] < np.inf else np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be {'in (0, 1)' if low_high[1] == 1.0 else 'positive and finite'}, got {value!r}")
 
 
 def _with_grid_checks(compiled, mesh, grid_data=lambda data: data):
     from tmsjax import sharding
 
     def sweep(keys, positions, data):
-        sizes = {
-            "keys": sharding.grid_size(keys),
-            "positions": sharding.grid_size(positions),
-            "data": sharding.grid_size(grid_data(data)),
-        }
+        sizes = {"keys": sharding.grid_size(keys), "positions": sharding.grid_size(positions)}
+        batched = grid_data(data)
+        if jax.tree.leaves(batched):  # fully shared data (one target, many chains) has no grid axis
+            sizes["data"] = sharding.grid_size(batched)
         if len(set(sizes.values())) != 1:
             raise ValueError(f"keys, positions and data must share the grid axis, got {sizes}")
         for leaf in jax.tree.leaves(positions):
