@@ -20,6 +20,7 @@ Typical result (CPU, 2 cores shared with other jobs at load ~2, so noisy; `--qui
 """
 
 import math
+import os
 import sys
 import time
 
@@ -44,7 +45,9 @@ def devinterp_estimate(W: np.ndarray, b: np.ndarray, x: np.ndarray, seed: int = 
     from devinterp.optim.sgld import SGLD
     from devinterp.slt.sampler import estimate_learning_coeff_with_summary
 
-    torch.set_num_threads(1)  # one chain at a time on one core, as devinterp's default cores=1
+    # devinterp runs its chains one after another (cores=1); torch may use every core for each step,
+    # as XLA does on the JAX side, so neither library is held to fewer threads than the other.
+    torch.set_num_threads(os.cpu_count() or 1)
 
     class TorchTMS(torch.nn.Module):
         def __init__(self):

@@ -164,9 +164,9 @@ def run(quick: bool = False) -> list[dict]:
     chain_counts = [1, 4] if quick else [1, 4, 16, 64]  # 256 chains took ~4 min on 2 busy cores
     numpyro_chain_counts = [1, 4] if quick else [1, 4, 16, 64]
     x = sample_sparse_limit(jax.random.key(0), max(sizes), c)
-    key = jax.random.key(1)
+    key_init, key = jax.random.split(jax.random.key(1))
     grid = len(sizes) * num_chains
-    init_one = _initial_positions(key, num_chains)  # the same starts for every n, on both sides
+    init_one = _initial_positions(key_init, num_chains)  # the same starts for every n, on both sides
     init = jax.tree.map(lambda a: jnp.tile(a, (len(sizes),) + (1,) * (a.ndim - 1)), init_one)
     settings = f"{num_chains} chains/n, {num_warmup}+{num_samples} steps, depth cap {depth}"
 

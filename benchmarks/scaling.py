@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from benchmarks.common import report, time_jax
 from tmsjax.critical import critical_points
 from tmsjax.data import make_dataset, sample_sparse_limit
-from tmsjax.llc import LLCConfig, sample_llc, tms_loss
+from tmsjax.llc import LLCConfig, default_nbeta, sample_llc, tms_loss
 from tmsjax.model import TMSParams
 
 NAME = "scaling"
@@ -31,7 +31,7 @@ NUM_FEATURES, NUM_HIDDEN = 6, 2
 @functools.partial(jax.jit, static_argnames=("num_chains", "num_steps"))
 def _run(key, center, data, *, num_chains, num_steps):
     config = LLCConfig(num_chains=num_chains, num_steps=num_steps, estimate_acceptance=False)
-    nbeta = data.num_data / jnp.log(data.num_data)
+    nbeta = default_nbeta(data.num_data)
     return sample_llc(key, center, data, nbeta, 1e-3, 1.0, loss_fn=tms_loss, config=config).llc
 
 

@@ -205,9 +205,10 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
         padded = sizes_block + [sizes_block[-1]] * (block - len(sizes_block))
         datasets = nested_datasets(x, padded)
         # Keys and starts depend on n only, not on the blocking, so a resumed run is the same run.
-        keys_n = [jax.random.fold_in(key_run, n) for n in padded]
-        inits = [initial_positions(k, init_labels, c, settings["init"], num_chains) for k in keys_n]
-        chain_keys = jnp.stack([jax.random.split(k, num_chains) for k in keys_n])  # (block, chains)
+        # Starting points and chain keys come from separate keys (never the same key split twice).
+        keys_n = [jax.random.split(jax.random.fold_in(key_run, n)) for n in padded]
+        inits = [initial_positions(k[0], init_labels, c, settings["init"], num_chains) for k in keys_n]
+        chain_keys = jnp.stack([jax.random.split(k[1], num_chains) for k in keys_n])  # (block, chains)
         start = time.perf_counter()
         if settings["sampler"] == "nuts":
             grid_data = Dataset(x, jnp.repeat(datasets.mask, num_chains, axis=0))

@@ -18,9 +18,9 @@ shows, per checkpoint,
   marker,
 - optionally the local learning coefficient :math:`\hat\lambda` along the trajectory, the "opposing
   staircases" of loss and complexity: ``--llc PATH`` with PATH an :mod:`experiments.llc_trajectories`
-  output folder (its ``llc.npz`` is read) or any npz with ``steps`` and ``llc`` ((T,) for the chosen
-  run, or (runs, T) with an optional ``runs`` array naming the ensemble run of each row; then the
-  chosen run must be among them). ``--from DIR`` also picks up ``DIR/llc.npz`` when it is there
+  output folder (its ``llc.npz`` is read) or any npz with ``steps`` and ``llc``: (T,) for the run
+  named by ``--run`` (required for such a file), or (runs, T) with an optional ``runs`` array naming
+  the ensemble run of each row (then the chosen run must be among them). ``--from DIR`` also picks up ``DIR/llc.npz`` when it is there
   (llc_trajectories writes both files when it trains). An ``llc.npz`` that carries the exact losses
   is checked against the trajectory, so λ̂ of another ensemble is refused rather than drawn.
 
@@ -223,17 +223,21 @@ def llc_file(args) -> Path | None:
     return None
 
 
-def load_llc(path: Path, run: int, steps, population_loss):
+def load_llc(path: Path, run: int, steps, population_loss, *, run_given: bool = True):
     """(llc (T',), steps (T',), stderr or None, note) of ensemble run `run`; llc None when it has no λ̂.
 
-    Rows of a (runs, T') file are ensemble runs named by its ``runs`` array (default 0..runs-1). When
-    the file carries ``population_loss`` at its steps, it must match this trajectory's.
+    Rows of a (runs, T') file are ensemble runs named by its ``runs`` array (default 0..runs-1). A
+    (T',) file names no run, so it is accepted only for a run chosen with ``--run`` (`run_given`),
+    never for one picked automatically. When the file carries ``population_loss`` at its steps ((T',)
+    or (runs, T') like ``llc``), it must match this trajectory's for that run.
     """
     with np.load(path) as data:
         arrays = {name: data[name] for name in data.files}
     llc, llc_steps = np.asarray(arrays["llc"], dtype=float), np.asarray(arrays["steps"])
     stderr = arrays.get("stderr")
     if llc.ndim == 1:
+        if not run_given:
+            raise ValueError(f"{path}: a 1-d λ̂ file names no run; pass --run to say which run it belongs to")
         row = None
     elif llc.ndim == 2:
         runs = np.asarray(arrays.get("runs", np.arange(llc.shape[0])))
@@ -247,11 +251,15 @@ def load_llc(path: Path, run: int, steps, population_loss):
         raise ValueError(f"{path}: llc must have shape (T,) or (runs, T), got {llc.shape}")
     if llc.shape != llc_steps.shape:
         raise ValueError(f"{path}: llc {llc.shape} and steps {llc_steps.shape} disagree")
-    if "population_loss" in arrays and row is not None:
+    if "population_loss" in arrays:
         index = np.searchsorted(steps, llc_steps)
         if np.any(index >= len(steps)) or np.any(np.asarray(steps)[np.minimum(index, len(steps) - 1)] != llc_steps):
             raise ValueError(f"{path}: its steps are not checkpoints of this trajectory")
-        expected, recorded = np.asarray(population_loss[run])[index], np.asarray(arrays["population_loss"])[row]
+        recorded = np.asarray(arrays["population_loss"])
+        recorded = recorded if row is None else recorded[row]
+        if recorded.shape != llc_steps.shape:
+            raise ValueError(f"{path}: population_loss {recorded.shape} does not match llc's steps {llc_steps.shape}")
+        expected = np.asarray(population_loss[run])[index]
         if not np.allclose(expected, recorded, rtol=1e-5, atol=1e-7, equal_nan=True):
             raise ValueError(f"{path}: its losses differ from this trajectory's: λ̂ of another ensemble")
     return llc, llc_steps, stderr, f"λ̂ of run {run} from {path}"
@@ -275,7 +283,7 @@ def main(args):
     llc = llc_steps = llc_stderr = None
     llc_path, llc_note = llc_file(args), None
     if llc_path is not None:
-        llc, llc_steps, llc_stderr, llc_note = load_llc(llc_path, run, steps, losses)
+        llc, llc_steps, llc_stderr, llc_note = load_llc(llc_path, run, steps, losses, run_given=args.run is not None)
         print(llc_note)
     from tmsjax.plotting import pretty_label
 

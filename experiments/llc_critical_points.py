@@ -75,12 +75,14 @@ def parse_args(argv=None):
     return args
 
 
+def scaled_step_size(step_size: float, reference_n: int, nbeta: float) -> float:
+    """ε(nβ) = ε₀ · min(1, nβ₀ / nβ), nβ₀ = n₀/log n₀: ε·nβ held at its reference value above n₀."""
+    return step_size * min(1.0, float(llc.default_nbeta(reference_n)) / nbeta)
+
+
 def step_size_for(nbeta: float, args) -> float:
-    """ε(nβ) = ε₀ · min(1, nβ₀ / nβ): ε·nβ held at its reference value above the reference n."""
-    if args.fixed_step_size:
-        return args.step_size
-    reference = args.reference_n / np.log(args.reference_n)
-    return args.step_size * min(1.0, reference / nbeta)
+    """The step size at one n: scaled with nβ unless --fixed-step-size."""
+    return args.step_size if args.fixed_step_size else scaled_step_size(args.step_size, args.reference_n, nbeta)
 
 
 def _healthy_chain_llc(result, index) -> tuple[float, float, int]:
@@ -106,12 +108,12 @@ def main(args):
     b = jnp.asarray(np.stack([p.b for p in points]), jnp.float32)
     centers = TMSParams(W[None], b[None])
     finite, step_sizes = [], []
-    for index, n in enumerate(sizes):
+    for n in sizes:
         nbeta = float(llc.default_nbeta(n))
         step_sizes.append(step_size_for(nbeta, args))
         # The first n rows of one draw: nested datasets, as a growing real dataset.
         finite.append(llc.llc_along_training(
-            jax.random.fold_in(key_n, index), llc.tms_loss, centers, make_dataset(x[:n]), step_size=step_sizes[-1],
+            jax.random.fold_in(key_n, n), llc.tms_loss, centers, make_dataset(x[:n]), step_size=step_sizes[-1],
             localization=args.localization, num_chains=args.num_chains, num_steps=args.num_steps, num_burnin=args.num_burnin,
         ))
     finite = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *finite)  # (sizes, points, ...)
@@ -119,7 +121,7 @@ def main(args):
     # discretisation bias εk/4 stays a few percent (even with --fixed-step-size: ε = 1e-3 at
     # nβ = 1e4 would blow up); steps scale up to cover more Langevin time.
     nbeta = args.population_nbeta
-    step_size = args.step_size * min(1.0, (args.reference_n / np.log(args.reference_n)) / nbeta)
+    step_size = scaled_step_size(args.step_size, args.reference_n, nbeta)
     population = llc.llc_along_training(
         key_pop, llc.potential_loss, centers, None, nbeta=nbeta, step_size=step_size,
         localization=args.localization, num_chains=args.num_chains, num_steps=4 * args.num_steps,

@@ -56,7 +56,10 @@ def parse_args(argv=None):
 def main(args):
     store = ResultStore(args.out)
     store.write_config({k: v for k, v in vars(args).items() if k != "out"})
-    point = next(p for p in critical_points(6) if p.label == args.label)
+    points = {p.label: p for p in critical_points(6)}
+    if args.label not in points:
+        raise ValueError(f"--label must name a c = 6 critical point {sorted(points)}, got {args.label!r}")
+    point = points[args.label]
     key_data, key_grid = jax.random.split(jax.random.key(args.seed))
     dataset = make_dataset(sample_sparse_limit(key_data, args.num_data, 6))
     center = TMSParams(jnp.asarray(point.W, jnp.float32), jnp.asarray(point.b, jnp.float32))

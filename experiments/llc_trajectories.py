@@ -501,7 +501,7 @@ def main(args):
         "dataset_check_max_error": dataset_error,
         "llc_protocol": {"step_size": args.step_size, "localization": args.localization, "num_chains": args.num_chains,
                          "num_steps": args.llc_steps, "num_burnin": 0, "batch": "full", "num_data": int(settings["num_data"]),
-                         "nbeta": float(settings["num_data"] / np.log(settings["num_data"]))},
+                         "nbeta": float(llc.default_nbeta(settings["num_data"]))},
         "run_rule": "every run with >= 1 plateau-to-plateau transition, plus as many without (first by index, at least 2)"
                     if not args.all_runs else "every finite run",
         "num_runs_in_ensemble": len(analysis.runs),

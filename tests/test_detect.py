@@ -34,6 +34,16 @@ def test_rate_detector_finds_two_steps_and_nothing_on_a_drift():
     assert detect.detect_changepoints(STEPS, drift, window=(10, 1e4)).steps.size == 0
 
 
+@pytest.mark.parametrize("window", [None, (10, 1e4), (30, 3000)])
+@pytest.mark.parametrize("method, signal", [("pelt", "rate"), ("binseg", "rate")])
+def test_series_linear_in_log_step_gives_no_detection(window, method, signal):
+    # A straight line in log-step has a constant rate: no transition anywhere, window edges included
+    # (smoothing on the window alone bends the line at its edges and used to fire there).
+    line = 2.0 - 0.7 * U
+    assert detect.detect_changepoints(STEPS, line, window=window, method=method, signal=signal).steps.size == 0
+    assert detect.detect_slope_sign_changes(STEPS, line, window=window).steps.size == 0
+
+
 def test_slope_sign_rule_finds_the_peak_of_a_bump():
     bump = np.exp(-((U - 2.0) ** 2) / (2 * 0.3**2))
     found = detect.detect_slope_sign_changes(STEPS, bump)
@@ -49,7 +59,11 @@ def test_slope_sign_rule_finds_the_peak_of_a_bump():
         ([100, 105], [100], 0.1, 1),
         ([100], [200], 0.2, 0),  # log10(2) = 0.30 > 0.2
         ([100], [200], 0.31, 1),
-        ([90, 110], [100, 120], 0.06, 2),  # greedy must not pair 110 with 100 and strand 120
+        ([90, 110], [100, 120], 0.06, 2),
+        # log10: detections 2.000, 2.114; truths 2.079, 2.204. The closest pair is 130–120 (0.035):
+        # a nearest-pair-first greedy takes it and strands 100 (0.204 from 160) for 1 match; the
+        # maximum matching is 100–120 (0.079) and 130–160 (0.090), 2 matches.
+        ([100, 130], [120, 160], 0.1, 2),
         ([], [100], 0.5, 0),
     ],
 )
@@ -95,6 +109,26 @@ def test_bad_inputs_raise_value_error(kwargs, name):
     options = {k: v for k, v in kwargs.items() if k not in ("steps", "values")}
     with pytest.raises(ValueError, match=name):
         detect.detect_changepoints(arguments["steps"], arguments["values"], **options)
+
+
+@pytest.mark.parametrize(
+    "call, name",
+    [
+        (lambda: detect.detect_changepoints(STEPS, U, smoothing=-0.1), "smoothing"),
+        (lambda: detect.detect_changepoints(STEPS, U, min_separation=-0.1), "min_separation"),
+        (lambda: detect.detect_changepoints(STEPS, U, num_points=4), "num_points"),
+        (lambda: detect.detect_slope_sign_changes(STEPS, U, num_points=1), "num_points"),
+        (lambda: detect.detect_slope_sign_changes(STEPS, U, smoothing=-1.0), "smoothing"),
+        (lambda: detect.log_grid(STEPS, U, num_points=1), "num_points"),
+        (lambda: detect.evenly_spaced((10, 100), None), "count"),
+        (lambda: detect.random_events(jax.random.key(0), (10, 100), None), "count"),
+        (lambda: detect.evenly_spaced((10, 100), -1), "count"),
+        (lambda: detect.evenly_spaced((100, 10), 2), "window"),
+    ],
+)
+def test_bad_arguments_of_other_entry_points(call, name):
+    with pytest.raises(ValueError, match=name):
+        call()
 
 
 def test_pelt_matches_ruptures_l2_pelt():

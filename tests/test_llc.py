@@ -285,6 +285,9 @@ def test_along_training_with_a_dataset_per_run(key):
         (dict(thinning=0), "thinning"),
         (dict(batch_size=0), "batch_size"),
         (dict(draw_loss="mean"), "draw_loss"),
+        (dict(num_chains=None), "num_chains"),
+        (dict(num_burnin=-1), "num_burnin"),
+        (dict(nbeta=None, num_data=float("nan")), "num_data"),
     ],
 )
 def test_bad_arguments_are_named(key, kwargs, name):
@@ -300,3 +303,8 @@ def test_missing_n_and_bad_center_are_named(key):
         llc.estimate_llc(key, squared_norm, jnp.array([jnp.nan, 0.0]), nbeta=10.0)
     with pytest.raises(ValueError, match="params"):
         llc.llc_along_training(key, squared_norm, jnp.zeros(3), None, nbeta=10.0)
+    # Minibatches need data, in every entry point.
+    with pytest.raises(ValueError, match="batch_size needs data"):
+        llc.llc_grid(key, squared_norm, jnp.zeros(2), None, nbetas=10.0, step_sizes=[1e-3], localizations=[1.0], batch_size=4)
+    with pytest.raises(ValueError, match="batch_size needs data"):
+        llc.llc_along_training(key, squared_norm, jnp.zeros((1, 1, 2)), None, nbeta=10.0, batch_size=4)

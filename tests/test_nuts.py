@@ -175,3 +175,17 @@ def test_occupancy_error_of_sticky_and_frozen_chains():
     frozen[:2] = 1.0
     p_hat, se, ess = diagnostics.occupancy_with_error(frozen)
     assert ess == 5 and p_hat == pytest.approx(0.4) and se == pytest.approx(np.sqrt(0.24 / 5))
+
+
+def test_fully_shared_data_and_bad_settings(key):
+    # One target shared by every chain: no data leaf carries the grid axis.
+    mean, std = _targets(1)
+    sweep = make_nuts_sweep(gaussian_logdensity, num_warmup=100, num_samples=200, data_axes=(None, None))
+    result = sweep(jax.random.split(key, 4), jnp.zeros((4, 3)), (mean[0], std[0]))
+    _check_moments(np.asarray(result.positions).reshape(4, 200, 3), mean[0], std[0])
+    with pytest.raises(ValueError, match="target_acceptance_rate"):
+        make_nuts_sweep(gaussian_logdensity, num_warmup=10, num_samples=10, target_acceptance_rate=80)
+    with pytest.raises(ValueError, match="learning_rate"):
+        make_chees_sweep(gaussian_logdensity, num_chains=2, num_warmup=10, num_samples=10, learning_rate=-1.0)
+    with pytest.raises(ValueError, match="num_warmup"):
+        make_nuts_sweep(gaussian_logdensity, num_warmup=None, num_samples=10)

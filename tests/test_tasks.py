@@ -1,6 +1,8 @@
 """Task families produce ground truth reproducibly from their key (tiny settings)."""
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -31,19 +33,61 @@ def test_ground_truth_is_reproducible(family):
     np.testing.assert_allclose(first.train_loss, second.train_loss, rtol=1e-5)
     leaf = jax.tree.leaves(first.params)[0]
     assert leaf.shape[:2] == (first.num_runs, first.steps.size)
-    for run in np.flatnonzero(first.is_null):
-        if family != "tms":
-            assert first.transitions[run].size == 0
-    for t in first.transitions:
-        assert np.all((t >= first.window[0]) & (t <= first.window[1]))
-    if family == "digits":  # three arrivals per live run, increasing; each class learned after its arrival
-        for run in np.flatnonzero(~first.is_null):
-            arrivals = first.events["arrival"][run]
-            assert arrivals.size == 3 and np.all(np.diff(arrivals) > 0)
-            assert np.all(first.events["learned"][run] >= arrivals.min())
-    if first.data_per_run:  # grokking: each run its own split (and random labels for null runs)
+    # Live runs have ground truth to find and null runs none (TMS: at least one live run moves, since
+    # whether a given run changes phase inside the window is random).
+    live = [first.transitions[run].size for run in np.flatnonzero(~first.is_null)]
+    assert (max(live) if family == "tms" else min(live)) >= 1
+    assert all(first.transitions[run].size == 0 for run in np.flatnonzero(first.is_null))
+    # The λ̂ loss is the same object across builds: one compiled λ̂ program, not one per build.
+    assert first.loss_fn == second.loss_fn and hash(first.loss_fn) == hash(second.loss_fn)
+    _check_truth_against_metric(first)
+    if first.data_per_run:  # each run its own λ̂ data (its split, classes or degrees)
         for leaf in jax.tree.leaves(first.data):
             assert leaf.shape[:2] == (first.num_runs, first.num_data)
+
+
+def _per_class_accuracy(task, run, index, x, y):
+    model = eqx.combine(jax.tree.map(lambda leaf: leaf[run, index], task.params), task.loss_fn.static)
+    correct = np.asarray(jnp.argmax(jax.vmap(model)(jnp.asarray(x)), -1)) == y
+    return np.array([correct[y == c].mean() for c in range(10)])
+
+
+def _check_truth_against_metric(task):
+    """Every reported transition is where its metric crosses its threshold (not just inside the window)."""
+    steps = task.steps
+    if task.family == "digits":
+        # "learned": the first checkpoint after a class's arrival where its train accuracy reaches 0.9,
+        # recomputed here from the stored checkpoints.
+        (x_train, y_train), _ = tasks.load_digits_split()
+        for run in np.flatnonzero(~task.is_null):
+            arrivals = task.events["arrival"][run]
+            assert arrivals.size == 3 and np.all(np.diff(np.log10(arrivals)) >= 0.2 - 0.01)  # min separation
+            for step in task.transitions[run]:
+                index = int(np.flatnonzero(steps == step)[0])
+                now = _per_class_accuracy(task, run, index, x_train, y_train)
+                before = _per_class_accuracy(task, run, index - 1, x_train, y_train)
+                # a class crosses 0.9 here, or reached it between an arrival and this first checkpoint after it
+                just_arrived = np.any((steps[index - 1] < arrivals) & (arrivals <= step))
+                arrived = [c for c in range(10) if now[c] >= 0.9 and (before[c] < 0.9 or just_arrived)]
+                assert arrived, f"run {run}: no class reaches 0.9 train accuracy at the reported step {step}"
+    elif task.family == "grokking":
+        for run in np.flatnonzero(~task.is_null):
+            for step in task.transitions[run]:
+                index = int(np.flatnonzero(steps == step)[0])
+                assert task.metric[run, index] >= 0.5  # test accuracy passed 0.5 here
+                assert np.all(step >= task.events["memorised"][run])  # ... after memorising
+    elif task.family == "legendre":
+        for run in np.flatnonzero(~task.is_null):
+            learned = np.asarray(task.events["learned_by_degree"][run], dtype=float)[2:]
+            inside = learned[(learned >= task.window[0]) & (learned <= task.window[1])]
+            np.testing.assert_array_equal(task.transitions[run], np.sort(inside))
+    elif task.family == "tms":
+        for run in range(task.num_runs):
+            labels = task.events["labels"][run]
+            for step in task.transitions[run]:
+                index = int(np.flatnonzero(steps == step)[0])
+                known_before = [label for label in labels[:index] if label != "unknown"]
+                assert labels[index] != "unknown" and known_before and known_before[-1] != labels[index]
 
 
 def test_phase_change_steps_reads_through_unknown():
@@ -63,3 +107,42 @@ def test_legendre_table_matches_numpy():
 def test_bad_family_raises():
     with pytest.raises(ValueError, match="family"):
         tasks.make_task("mnist", jax.random.key(0))
+
+
+def test_arrivals_are_log_uniform_with_only_a_minimum_separation():
+    window = (100, 3000)
+    arrivals = tasks._arrival_steps(jax.random.key(0), 2000, 3, window, 0.2)
+    gaps = np.diff(np.log10(arrivals), axis=1)
+    assert np.all(gaps >= 0.2 - 0.01) and np.all((arrivals >= window[0]) & (arrivals <= window[1]))
+    # Not one per equal log-bin: the first arrival often lies past the first third of the window
+    # (bins would forbid it), and the spacing varies widely from run to run.
+    thirds = np.log10(window[0]) + np.log10(window[1] / window[0]) * np.array([1, 2]) / 3
+    assert np.mean(np.log10(arrivals[:, 0]) > thirds[0]) > 0.1
+    assert np.std(gaps) > 0.1
+
+
+@pytest.mark.parametrize(
+    "family, kwargs, name",
+    [
+        (family, dict(num_null=-1), "num_null") for family in ("digits", "grokking", "legendre", "tms")
+    ] + [
+        (family, dict(window=(0, 50), num_steps=100), "window") for family in ("digits", "grokking", "legendre", "tms")
+    ] + [
+        (family, dict(window=(10, 200), num_steps=100), "window") for family in ("digits", "grokking", "legendre", "tms")
+    ] + [
+        (family, dict(batch_size=0), "batch_size") for family in ("digits", "legendre", "tms")
+    ] + [
+        ("legendre", dict(learned_fraction=0.0), "learned_fraction"),
+        ("legendre", dict(learned_fraction=1.5), "learned_fraction"),
+        ("digits", dict(min_separation=5.0), "min_separation"),
+    ],
+)
+def test_bad_task_arguments_raise_before_training(family, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        tasks.make_task(family, jax.random.key(0), **kwargs)
+
+
+def test_first_crossing_checks_lengths():
+    assert tasks.first_crossing([1, 10, 100], [0.1, 0.95, 0.99], 0.9) == 10.0
+    with pytest.raises(ValueError, match="series"):
+        tasks.first_crossing([1, 10, 100], [0.1, 0.95], 0.9)

@@ -37,7 +37,9 @@ def test_crossing_solves_the_equation():
 
 def test_occupancy_is_a_distribution_and_switches():
     phases = theory.catalogue_phases(6)
-    occupancy = theory.theoretical_occupancy([100, 601.0051860239229, 5000], phases)
+    by_label = {p.label: p for p in phases}
+    n_c = theory.crossing(by_label["5"], by_label["6"])
+    occupancy = theory.theoretical_occupancy([100, n_c, 5000], phases)
     np.testing.assert_allclose(occupancy.sum(axis=1), 1.0)
     labels = [p.label for p in phases]
     assert occupancy[0, labels.index("5")] > 0.99
@@ -64,3 +66,18 @@ def test_empirical_crossing_interpolates_on_log_n():
     n = [100, 400]
     assert theory.empirical_crossing(n, [0.75, 0.25], [0.25, 0.75]) == pytest.approx(200.0)
     assert np.isnan(theory.empirical_crossing(n, [0.9, 0.8], [0.1, 0.2]))
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: theory.crossing_by_label(6, "5", "6", temperature=-1), "temperature"),
+        (lambda: theory.crossing_by_label(6, "5", "6", prior_std=0), "prior_std"),
+        (lambda: theory.crossing_by_label(6, "5", "6", n_range=(10, 1)), "n_range"),
+        (lambda: theory.empirical_crossing([100, 200, 400], [0.9, 0.1], [0.1, 0.9, 1.0]), "one length"),
+        (lambda: theory.free_energy(np.nan, 0.1, 7, 3), "n must be"),
+    ],
+)
+def test_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

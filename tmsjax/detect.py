@@ -2,7 +2,10 @@ r"""Change-point detection on probe time series over log training time, and its 
 
 Training transitions happen on a log-time scale (a plateau that lasts from step 10³ to 10⁴ is as long
 as one from 10⁴ to 10⁵), so every series is first resampled onto a uniform grid in
-:math:`u = \log_{10}(\mathrm{step})` inside a scoring window. Two detectors then find transitions:
+:math:`u = \log_{10}(\mathrm{step})`. Smoothing and differentiation run over the whole checkpoint
+range (extended past its ends by point reflection, which keeps a straight line straight), and only
+then is the signal cropped to the scoring window, so the window's edges are not mistaken for the
+series' ends (where a filter bends any trend). Two detectors then find transitions:
 
 1. **Change points** (:func:`detect_changepoints`) with ruptures' PELT or binary segmentation and the
    least-squares ("l2") cost (PELT through ruptures' C kernel implementation with the linear kernel,
@@ -105,6 +108,12 @@ def _check_series(steps, values, window):
     return steps[finite], values[finite], (low, high)
 
 
+def _check_num_points(num_points, minimum: int = 2) -> int:
+    if isinstance(num_points, bool) or int(num_points) != num_points or int(num_points) < minimum:
+        raise ValueError(f"num_points must be an integer of at least {minimum}, got {num_points!r}")
+    return int(num_points)
+
+
 def log_grid(steps, values, window=None, num_points: int = 128) -> tuple[np.ndarray, np.ndarray]:
     r"""Resamples a series onto `num_points` points uniform in :math:`\log_{10}` step within `window`.
 
@@ -112,31 +121,55 @@ def log_grid(steps, values, window=None, num_points: int = 128) -> tuple[np.ndar
       steps: checkpoint steps (positive, increasing).
       values: (num_checkpoints,) or (num_checkpoints, dim); non-finite checkpoints are dropped.
       window: (low, high) steps; default the whole range.
-      num_points: grid size.
+      num_points: grid size (at least 2).
 
     Returns:
       The grid in log10 steps (num_points,) and the interpolated values (num_points, dim).
     """
+    num_points = _check_num_points(num_points)
     steps, values, (low, high) = _check_series(steps, values, window)
-    grid = np.linspace(np.log10(low), np.log10(high), int(num_points))
+    grid = np.linspace(np.log10(low), np.log10(high), num_points)
     log_steps = np.log10(steps)
     return grid, np.stack([np.interp(grid, log_steps, v) for v in values.T], axis=1)
+
+
+def _smoothed_on_window(steps, values, window, num_points, smoothing, derivative):
+    """The series (or its derivative in log10 step) on `num_points` log-grid points inside `window`,
+    smoothed over the *whole* checkpoint range and only then cropped to the window.
+
+    Smoothing or differentiating on the window alone treats the window's edges as the series' ends,
+    where a Gaussian filter flattens any trend and one-sided differences change, so a smooth series
+    gets change points at the edges. Here the grid (same spacing as the window's) covers every finite
+    checkpoint, and beyond the last one the series is extended by point reflection
+    (:math:`v(u_0 - t) = 2v(u_0) - v(u_0 + t)`), which keeps a straight line straight under the filter.
+    """
+    steps, values, (low, high) = _check_series(steps, values, window)
+    log_low, log_high = np.log10(low), np.log10(high)
+    spacing = (log_high - log_low) / (num_points - 1)
+    first, last = np.log10(steps[0]), np.log10(steps[-1])
+    before = int(np.floor((log_low - first) / spacing + 1e-9))
+    after = int(np.floor((last - log_high) / spacing + 1e-9))
+    grid = log_low + spacing * np.arange(-before, num_points + after)
+    grid = np.clip(grid, first, last)  # rounding guard at the range ends
+    log_steps = np.log10(steps)
+    resampled = np.stack([np.interp(grid, log_steps, v) for v in values.T], axis=1)
+    sigma = max(smoothing / spacing, 0.0)  # `smoothing` is in decades, so results do not depend on T
+    if sigma > 0:
+        pad = min(int(np.ceil(4 * sigma)) + 1, resampled.shape[0] - 1)
+        head = 2 * resampled[:1] - resampled[1 : pad + 1][::-1]
+        tail = 2 * resampled[-1:] - resampled[-pad - 1 : -1][::-1]
+        padded = np.concatenate([head, resampled, tail])
+        resampled = gaussian_filter1d(padded, sigma, axis=0, mode="nearest")[pad : pad + resampled.shape[0]]
+    if derivative:
+        resampled = np.gradient(resampled, spacing, axis=0)
+    crop = slice(before, before + num_points)
+    return grid[crop], resampled[crop]
 
 
 def _standardise(signal: np.ndarray) -> np.ndarray:
     centred = signal - np.median(signal, axis=0)
     scale = np.std(centred, axis=0)
     return centred / np.maximum(scale, _MIN_SCALE)
-
-
-def _prepare(grid, values, signal, smoothing):
-    spacing = grid[1] - grid[0]
-    # Smoothing width in grid points: `smoothing` is given in decades so results do not depend on T.
-    sigma = max(smoothing / spacing, 0.0)
-    smooth = gaussian_filter1d(values, sigma, axis=0, mode="nearest") if sigma > 0 else values
-    if signal == "rate":
-        smooth = np.gradient(smooth, spacing, axis=0)
-    return _standardise(smooth)
 
 
 def _segment_cost(signal: np.ndarray, start: int, end: int) -> float:
@@ -187,12 +220,15 @@ def detect_changepoints(
         raise ValueError(f"signal must be one of {SIGNALS}, got {signal!r}")
     if not (penalty > 0):
         raise ValueError(f"penalty must be positive, got {penalty!r}")
-    if int(num_points) < 8:
-        raise ValueError(f"num_points must be at least 8, got {num_points!r}")
+    num_points = _check_num_points(num_points, minimum=8)
     if int(min_size) < 1:
         raise ValueError(f"min_size must be a positive integer, got {min_size!r}")
-    grid, values = log_grid(steps, values, window, num_points)
-    prepared = _prepare(grid, values, signal, smoothing)
+    if not (smoothing >= 0):
+        raise ValueError(f"smoothing must be non-negative (decades), got {smoothing!r}")
+    if not (min_separation >= 0):
+        raise ValueError(f"min_separation must be non-negative (decades), got {min_separation!r}")
+    grid, smooth = _smoothed_on_window(steps, values, window, num_points, smoothing, derivative=signal == "rate")
+    prepared = _standardise(smooth)
     num, dim = prepared.shape
     pen = penalty * dim * np.log(num)
     if np.all(np.ptp(prepared, axis=0) < 1e-9):
@@ -300,10 +336,11 @@ def detect_slope_sign_changes(
         raise ValueError(f"values must be one-dimensional for the slope-sign rule, got shape {np.shape(values)}")
     if not (0 <= min_slope < 1):
         raise ValueError(f"min_slope must lie in [0, 1), got {min_slope!r}")
-    grid, resampled = log_grid(steps, values, window, num_points)
-    spacing = grid[1] - grid[0]
-    smooth = gaussian_filter1d(resampled[:, 0], max(smoothing / spacing, 1e-9), mode="nearest")
-    slope = np.gradient(smooth, spacing)
+    if not (smoothing >= 0):
+        raise ValueError(f"smoothing must be non-negative (decades), got {smoothing!r}")
+    num_points = _check_num_points(num_points)
+    grid, slope = _smoothed_on_window(steps, values, window, num_points, smoothing, derivative=True)
+    slope = slope[:, 0]
     steepest = np.max(np.abs(slope))
     if not steepest > 0:
         return Detection(np.zeros(0), np.zeros(0))
@@ -327,8 +364,7 @@ def detect_slope_sign_changes(
 def evenly_spaced(window, count: int) -> Detection:
     r"""Baseline: `count` guesses evenly spaced in log-step strictly inside `window` (confidence 0.5)."""
     low, high = _check_window(window)
-    if int(count) != count or count < 0:
-        raise ValueError(f"count must be a non-negative integer, got {count!r}")
+    count = _check_count(count)
     fractions = np.arange(1, int(count) + 1) / (int(count) + 1)
     return Detection(10.0 ** (np.log10(low) + fractions * np.log10(high / low)), np.full(int(count), 0.5))
 
@@ -336,10 +372,16 @@ def evenly_spaced(window, count: int) -> Detection:
 def random_events(key: PRNGKey, window, count: int) -> Detection:
     r"""Baseline: `count` guesses uniform in log-step inside `window` (confidence 0.5)."""
     low, high = _check_window(window)
-    if int(count) != count or count < 0:
-        raise ValueError(f"count must be a non-negative integer, got {count!r}")
+    count = _check_count(count)
     u = np.sort(np.asarray(jax.random.uniform(key, (int(count),)), dtype=float))
     return Detection(10.0 ** (np.log10(low) + u * np.log10(high / low)), np.full(int(count), 0.5))
+
+
+def _check_count(count) -> int:
+    integral = isinstance(count, (int, np.integer, float, np.floating)) and float(count).is_integer()
+    if isinstance(count, bool) or not integral or count < 0:
+        raise ValueError(f"count must be a non-negative integer, got {count!r}")
+    return int(count)
 
 
 def _check_window(window):

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tmsjax import model
+from tmsjax._checks import check_positive_int
 from tmsjax.data import Dataset, sample_minibatch
 from tmsjax.potential import population_loss
 from tmsjax.sampling import sgld
@@ -318,16 +319,20 @@ def sample_llc(
 # Validation shared by the public entry points
 
 
-def _check_config(num_chains, num_steps, num_burnin, thinning, batch_size, draw_loss, estimate_acceptance) -> LLCConfig:
+def _check_config(num_chains, num_steps, num_burnin, thinning, batch_size, draw_loss, estimate_acceptance, data) -> LLCConfig:
     for name, value in (("num_chains", num_chains), ("num_steps", num_steps), ("thinning", thinning)):
-        if isinstance(value, bool) or int(value) != value or int(value) <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if isinstance(num_burnin, bool) or int(num_burnin) != num_burnin or int(num_burnin) < 0:
-        raise ValueError(f"num_burnin must be a non-negative integer, got {num_burnin!r}")
+        check_positive_int(name, value)
+    if num_burnin != 0:
+        try:
+            check_positive_int("num_burnin", num_burnin)
+        except ValueError:
+            raise ValueError(f"num_burnin must be a non-negative integer, got {num_burnin!r}") from None
     if int(num_burnin) >= int(num_steps):
         raise ValueError(f"num_burnin={num_burnin} leaves no draws out of num_steps={num_steps}")
-    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) != batch_size or int(batch_size) <= 0):
-        raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+        if data is None:
+            raise ValueError("batch_size needs data to draw minibatches from")
     if draw_loss not in ("full", "batch"):
         raise ValueError(f"draw_loss must be 'full' or 'batch', got {draw_loss!r}")
     return LLCConfig(
@@ -366,11 +371,7 @@ def _check_center(center: PyTree, name: str = "center") -> None:
 
 
 def _check_cell_batch(cell_batch):
-    if cell_batch is None:
-        return None
-    if isinstance(cell_batch, bool) or int(cell_batch) != cell_batch or int(cell_batch) <= 0:
-        raise ValueError(f"cell_batch must be a positive integer or None, got {cell_batch!r}")
-    return int(cell_batch)
+    return None if cell_batch is None else check_positive_int("cell_batch", cell_batch)
 
 
 def _resolve_nbeta(nbeta, num_data, data):
@@ -380,9 +381,9 @@ def _resolve_nbeta(nbeta, num_data, data):
         if data is None:
             raise ValueError("nbeta is None and there is no data to take n from: pass nbeta or num_data")
         num_data = num_data_of(data)
-    if np.any(np.asarray(num_data) <= 1):
-        raise ValueError(f"num_data must exceed 1 for the default nbeta = n / log n, got {num_data!r}")
-    return default_nbeta(num_data)
+    if not np.all(np.isfinite(np.asarray(num_data, dtype=float))) or np.any(np.asarray(num_data) <= 1):
+        raise ValueError(f"num_data must be finite and exceed 1 for the default nbeta = n / log n, got {num_data!r}")
+    return _check_positive_values("nbeta", default_nbeta(num_data))
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "config", "minibatch_fn"))
@@ -456,15 +457,13 @@ def estimate_llc(
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     _check_center(center)
-    config = _check_config(num_chains, num_steps, num_burnin, thinning, batch_size, draw_loss, estimate_acceptance)
+    config = _check_config(num_chains, num_steps, num_burnin, thinning, batch_size, draw_loss, estimate_acceptance, data)
     nbeta = _resolve_nbeta(nbeta, num_data, data)
     step_size = _check_positive_values("step_size", step_size)
     localization = _check_nonnegative("localization", localization)
     for name, value in (("nbeta", nbeta), ("step_size", step_size), ("localization", localization)):
         if np.ndim(value) != 0:
             raise ValueError(f"{name} must be a scalar here (use llc_grid for a sweep), got shape {np.shape(value)}")
-    if config.batch_size is not None and data is None:
-        raise ValueError("batch_size needs data to draw minibatches from")
     return _estimate_jit(key, center, data, nbeta, step_size, localization, loss_fn=loss_fn, config=config, minibatch_fn=minibatch_fn)
 
 
@@ -543,7 +542,7 @@ def llc_grid(
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     _check_center(center)
-    config = _check_config(num_chains, num_steps, num_burnin, thinning, batch_size, draw_loss, estimate_acceptance)
+    config = _check_config(num_chains, num_steps, num_burnin, thinning, batch_size, draw_loss, estimate_acceptance, data)
     step_sizes = np.atleast_1d(_check_positive_values("step_sizes", step_sizes))
     localizations = np.atleast_1d(_check_nonnegative("localizations", localizations))
     nbetas = np.atleast_1d(np.asarray(_resolve_nbeta(nbetas, num_data, data), dtype=float))
@@ -629,7 +628,7 @@ def llc_along_training(
     if any(jnp.shape(leaf)[:2] != (num_runs, num_checkpoints) for leaf in leaves):
         raise ValueError("every leaf of params must share the leading axes (num_runs, num_checkpoints)")
     _check_center(params, "params")
-    config = _check_config(num_chains, num_steps, num_burnin, thinning, batch_size, draw_loss, estimate_acceptance)
+    config = _check_config(num_chains, num_steps, num_burnin, thinning, batch_size, draw_loss, estimate_acceptance, data)
     step_size = float(_check_positive_values("step_size", step_size))
     localization = float(_check_nonnegative("localization", localization))
     if data_per_run:

@@ -89,17 +89,28 @@ def weight_norm(params: PyTree) -> Float[Array, ""]:
     return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in parameter_leaves(params)))
 
 
+def _spectra(matrices: list[Array]) -> tuple[Array, Array, Array]:
+    r"""Per-layer :math:`\lVert W_\ell\rVert_F`, :math:`\sigma_1(W_\ell)` and stable rank
+    :math:`\lVert W_\ell\rVert_F^2/\sigma_1^2` (0/0 → 0), the one place these formulas live.
+
+    An exact SVD per layer: layers are small; for very wide layers a few power iterations would do."""
+    frobenius = jnp.stack([jnp.linalg.norm(m) for m in matrices])
+    top = jnp.stack([jnp.linalg.svd(m, compute_uv=False)[0] for m in matrices])
+    safe_top = jnp.where(top > 0, top, 1.0)
+    ranks = jnp.where(top > 0, frobenius**2 / safe_top**2, 0.0)
+    return frobenius, top, ranks
+
+
 def layer_norms(params: PyTree) -> Float[Array, " num_layers"]:
     r"""Frobenius norm :math:`\lVert W_\ell\rVert_F` of each layer."""
     _validate(params, need_layers=True)
-    return jnp.stack([jnp.linalg.norm(m) for m in layer_matrices(params)])
+    return _spectra(layer_matrices(params))[0]
 
 
 def top_singular_values(params: PyTree) -> Float[Array, " num_layers"]:
-    r"""Largest singular value :math:`\sigma_1(W_\ell)` of each layer (an exact SVD: layers are small;
-    for very wide layers a few power iterations would do)."""
+    r"""Largest singular value :math:`\sigma_1(W_\ell)` of each layer."""
     _validate(params, need_layers=True)
-    return jnp.stack([jnp.linalg.svd(m, compute_uv=False)[0] for m in layer_matrices(params)])
+    return _spectra(layer_matrices(params))[1]
 
 
 def log_spectral_product(params: PyTree) -> Float[Array, ""]:
@@ -111,9 +122,7 @@ def log_spectral_product(params: PyTree) -> Float[Array, ""]:
 def stable_rank(params: PyTree) -> Float[Array, " num_layers"]:
     r"""Stable rank :math:`\lVert W_\ell\rVert_F^2/\sigma_1(W_\ell)^2` of each layer (0/0 → 0)."""
     _validate(params, need_layers=True)
-    frobenius = layer_norms(params) ** 2
-    top = top_singular_values(params) ** 2
-    return jnp.where(top > 0, frobenius / jnp.where(top > 0, top, 1.0), 0.0)
+    return _spectra(layer_matrices(params))[2]
 
 
 def checkpoint_distance(params: PyTree, previous: PyTree) -> Float[Array, ""]:
@@ -132,6 +141,10 @@ def weight_histogram(params: PyTree, edges) -> Int[Array, " num_bins"]:
     edges = jnp.asarray(edges)
     if edges.ndim != 1 or edges.shape[0] < 2:
         raise ValueError(f"edges must be a 1-d array of at least 2 bin edges, got shape {edges.shape}")
+    if not isinstance(edges, jax.core.Tracer):  # values are checkable only outside jit (DESIGN.md §8)
+        concrete = np.asarray(edges)
+        if not np.all(np.isfinite(concrete)) or np.any(np.diff(concrete) <= 0):
+            raise ValueError("edges must be finite and strictly increasing")
     values = jnp.concatenate([leaf.reshape(-1) for leaf in parameter_leaves(params)])
     index = jnp.clip(jnp.searchsorted(edges, values, side="right") - 1, 0, edges.shape[0] - 2)
     return jnp.bincount(index, length=edges.shape[0] - 1)
@@ -159,10 +172,7 @@ def compute_probes(params: PyTree, previous: PyTree | None = None, edges=None) -
       (5.0, 4.0, 1.5625)
     """
     _validate(params, need_layers=True)
-    matrices = layer_matrices(params)
-    frobenius = jnp.stack([jnp.linalg.norm(m) for m in matrices])
-    top = jnp.stack([jnp.linalg.svd(m, compute_uv=False)[0] for m in matrices])
-    ranks = jnp.where(top > 0, frobenius**2 / jnp.where(top > 0, top, 1.0) ** 2, 0.0)
+    frobenius, top, ranks = _spectra(layer_matrices(params))
     distance = jnp.zeros((), frobenius.dtype) if previous is None else checkpoint_distance(params, previous)
     histogram = jnp.zeros((0,), jnp.int32) if edges is None else weight_histogram(params, edges)
     return Probes(weight_norm(params), frobenius, top, jnp.sum(jnp.log(top)), ranks, distance, histogram)
@@ -201,7 +211,7 @@ def scalar_series(probes: Probes, steps=None) -> dict[str, np.ndarray]:
     Args:
       probes: probes with a trailing checkpoint axis before any layer axis (from
         :func:`probe_trajectory`, possibly vmapped over runs).
-      steps: optional checkpoint steps (num_checkpoints,), all positive.
+      steps: optional checkpoint steps (num_checkpoints,), positive and strictly increasing.
     """
     series = {
         "weight_norm": np.asarray(probes.weight_norm),
@@ -214,6 +224,8 @@ def scalar_series(probes: Probes, steps=None) -> dict[str, np.ndarray]:
         steps = np.asarray(steps, dtype=float)
         if steps.ndim != 1 or steps.shape[0] != distance.shape[-1] or np.any(steps <= 0):
             raise ValueError("steps must be positive, one per checkpoint")
+        if np.any(np.diff(steps) <= 0):
+            raise ValueError("steps must be strictly increasing")
         gap = np.diff(np.log10(steps), prepend=np.nan)
         distance = distance / np.where(gap > 0, gap, np.nan)
         # The first checkpoint has no predecessor: copy its neighbour so the series stays finite.
@@ -346,9 +358,30 @@ def llc_health(result) -> LLCHealth:
     return LLCHealth(usable, counts)
 
 
+def _leaves_equal(a, b) -> bool:
+    """Exact equality of two static leaves: arrays (any dtype, integer ones included) by shape, dtype
+    and values, everything else (functions, numbers, strings) by ``==``."""
+    if isinstance(a, (np.ndarray, jax.Array)) or isinstance(b, (np.ndarray, jax.Array)):
+        if not isinstance(a, (np.ndarray, jax.Array)) or not isinstance(b, (np.ndarray, jax.Array)):
+            return False
+        a, b = np.asarray(a), np.asarray(b)
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return a is b
+
+
 class _PartitionedLoss:
-    """``loss_fn(eqx.combine(arrays, static), data)``: hashable, so the engine's jit caches it (the
-    same loss and the same static part, e.g. the activation functions, compile once)."""
+    """``loss_fn(eqx.combine(arrays, static), data)``, hashable and comparable by value, so the LLC
+    engine's jit (which takes the loss as a static argument) compiles once per loss and model
+    structure: two task builds with the same loss and the same static part (activation functions,
+    layer sizes) share one compiled λ̂ program.
+
+    Equality compares the loss, the static part's tree structure and every static leaf exactly
+    (arrays by value: ``eqx.tree_equal(...) is True`` returns an array, not True, for array leaves);
+    the hash uses only the loss and the tree structure, which equal objects share.
+    """
 
     def __init__(self, loss_fn, static):
         self.loss_fn = loss_fn
@@ -361,11 +394,11 @@ class _PartitionedLoss:
         return hash((self.loss_fn, jax.tree.structure(self.static)))
 
     def __eq__(self, other):
-        return (
-            isinstance(other, _PartitionedLoss)
-            and self.loss_fn == other.loss_fn
-            and eqx.tree_equal(self.static, other.static) is True
-        )
+        if not isinstance(other, _PartitionedLoss) or self.loss_fn != other.loss_fn:
+            return False
+        leaves, structure = jax.tree.flatten(self.static)
+        other_leaves, other_structure = jax.tree.flatten(other.static)
+        return structure == other_structure and all(_leaves_equal(a, b) for a, b in zip(leaves, other_leaves))
 
 
 __all__ = [

@@ -305,9 +305,13 @@ def init_kgon_ensemble(key: PRNGKey, num_runs: int, num_features: int = 6, k: in
     """
     num_runs = check_positive_int("num_runs", num_runs)
     init_near_kgon(key, k, num_features, **kwargs)  # validates the arguments outside jit
-    # One jitted program rather than dozens of op-by-op dispatches (each a small compile on CPU).
-    draw = jax.jit(jax.vmap(lambda key: init_near_kgon(key, k, num_features, **kwargs)))
-    return draw(jax.random.split(key, num_runs))
+    return _kgon_draw(k, num_features, tuple(sorted(kwargs.items())))(jax.random.split(key, num_runs))
+
+
+@functools.lru_cache(maxsize=None)
+def _kgon_draw(k: int, num_features: int, kwargs: tuple):
+    """One jitted, vmapped draw per setting (cached: a new jit per call would recompile every time)."""
+    return jax.jit(jax.vmap(lambda key: init_near_kgon(key, k, num_features, **dict(kwargs))))
 
 
 def _as_key_array(keys):

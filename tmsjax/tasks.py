@@ -38,6 +38,7 @@ import numpy as np
 import optax
 
 from tmsjax._checks import check_positive_int
+from tmsjax.probes import _PartitionedLoss
 from tmsjax.types import Array, Float, PRNGKey, PyTree
 
 FAMILIES = ("tms", "digits", "grokking", "legendre")
@@ -59,10 +60,11 @@ class TaskRuns(NamedTuple):
       is_null: which runs are null runs (num_runs,).
       window: (low, high) steps where transitions are scored.
       loss_fn: ``loss_fn(params, data)`` of one checkpoint, for λ̂.
-      data: the dataset `loss_fn` takes: the full training set of the null configuration, or with
-        `data_per_run` one training set per run (a leading run axis on every leaf).
-      num_data: its size n (for nβ = n / log n).
-      data_per_run: whether `data` has a leading run axis (grokking: each run its own split and labels).
+      data: the dataset `loss_fn` takes for λ̂: one shared set (TMS), or with `data_per_run` one set per
+        run (a leading run axis on every leaf) covering only what that run trains on (digits: its
+        classes; grokking: its split and labels; Legendre: its degrees).
+      num_data: its size n per run (for nβ = n / log n).
+      data_per_run: whether `data` has a leading run axis.
     """
 
     family: str
@@ -99,11 +101,25 @@ def first_crossing(steps, series, threshold: float, *, after=None, above: bool =
     """The first checkpoint step (after `after`, if given) where `series` crosses `threshold`; NaN if never."""
     steps = np.asarray(steps)
     series = np.asarray(series)
+    if steps.ndim != 1 or series.shape != steps.shape:
+        raise ValueError(f"series must have one value per step, got shapes steps {steps.shape} and series {series.shape}")
     hit = series >= threshold if above else series <= threshold
     if after is not None:
         hit &= steps >= after
     index = np.flatnonzero(hit)
     return float(steps[index[0]]) if index.size else float("nan")
+
+
+def _check_num_null(num_null) -> int:
+    if isinstance(num_null, bool) or int(num_null) != num_null or int(num_null) < 0:
+        raise ValueError(f"num_null must be a non-negative integer, got {num_null!r}")
+    return int(num_null)
+
+
+def _check_window(window, num_steps: int) -> tuple:
+    if window is None or len(window) != 2 or not (1 <= window[0] < window[1] <= num_steps):
+        raise ValueError(f"window must be a (low, high) pair with 1 <= low < high <= num_steps={num_steps}, got {window!r}")
+    return tuple(window)
 
 
 def _in_window(values, window) -> np.ndarray:
@@ -158,14 +174,11 @@ def _scale(arrays: PyTree, alpha) -> PyTree:
     return jax.tree.map(lambda x: alpha * x, arrays)
 
 
-class _CombinedLoss:
-    """``loss(eqx.combine(arrays, static), data)`` with a stable hash for the LLC engine's jit."""
-
-    def __init__(self, loss, static):
-        self.loss, self.static = loss, static
-
-    def __call__(self, arrays, data):
-        return self.loss(eqx.combine(arrays, self.static), data)
+def _optimizer_step(optimizer, state: _RunState, loss_of_params: Callable[[PyTree], Array]) -> _RunState:
+    """One optimizer step on ``loss_of_params(state.params)``: the update every family's step shares."""
+    grads = jax.grad(loss_of_params)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state, step=state.step + 1)
 
 
 def _softmax_cross_entropy(model, data):
@@ -192,13 +205,19 @@ def load_digits_split(test_fraction: float = 0.3):
     return (x[train], y[train]), (x[test], y[test])
 
 
-def _arrival_steps(key, num_runs, num_arrivals, window):
-    """Arrival steps per run: one uniform in log-step inside each of `num_arrivals` equal log-bins of
-    the window, kept 15 % of a bin away from bin edges so consecutive arrivals are well separated."""
+def _arrival_steps(key, num_runs, num_arrivals, window, min_separation):
+    r"""Arrival steps per run: `num_arrivals` sorted log-uniform steps in the window, conditioned only
+    on consecutive ones being at least `min_separation` decades apart.
+
+    Drawn exactly from that conditional law without rejection: sorted uniforms :math:`v_j` on
+    :math:`[0, W - (k-1)s]` (W the window's width in decades, s the separation), then
+    :math:`u_j = v_j + j s`. Nothing ties the arrivals to a fixed grid, so an evenly spaced guess
+    gets no help (equal log-bins per arrival would hand it the answer).
+    """
     low, high = np.log10(window[0]), np.log10(window[1])
-    width = (high - low) / num_arrivals
-    u = np.asarray(jax.random.uniform(key, (num_runs, num_arrivals), minval=0.15, maxval=0.85))
-    return np.round(10.0 ** (low + width * (np.arange(num_arrivals) + u))).astype(np.int64)
+    free = (high - low) - (num_arrivals - 1) * min_separation
+    v = np.sort(np.asarray(jax.random.uniform(key, (num_runs, num_arrivals), maxval=free), dtype=float), axis=1)
+    return np.round(10.0 ** (low + v + min_separation * np.arange(num_arrivals))).astype(np.int64)
 
 
 def graduated_digits_runs(
@@ -215,12 +234,21 @@ def graduated_digits_runs(
     learning_rate: float = 1e-3,
     window: tuple = (100, 3000),
     learned_accuracy: float = 0.9,
+    min_separation: float = 0.2,
 ) -> TaskRuns:
     r"""Graduated training of an MLP on the bundled digits: a class arrives at each of a few steps.
 
-    Each run draws its own class order and arrival steps. Until the j-th arrival, minibatches come
-    from the first ``num_initial + j`` classes of its order; classes beyond the last arrival are never
-    used. Null runs see all ``num_initial + num_arrivals`` classes from step 0.
+    Each run draws its own class order and arrival steps (sorted log-uniform in the window, at least
+    `min_separation` decades apart). Until the j-th arrival, minibatches come from the first
+    ``num_initial + j`` classes of its order; classes beyond the last arrival are never used. Null runs
+    see all ``num_initial + num_arrivals`` classes from step 0.
+
+    λ̂ data (``TaskRuns.data``, one set per run): the same number of training examples from each of the
+    ``num_initial + num_arrivals`` classes the run has seen by the end of training, sorted by class.
+    The network is never trained on the other classes, so a loss that includes them is far from any
+    minimum (their cross-entropy grows with training) and every λ̂ chain escapes. Checkpoints before
+    the last arrival are still measured on classes not yet seen (an honest compromise: the engine takes
+    one dataset per run, not per checkpoint); their λ̂ is read with that in mind.
 
     Args:
       key: PRNG key (everything, truth included, is a function of it).
@@ -231,24 +259,31 @@ def graduated_digits_runs(
       window: the scoring window; arrivals are drawn inside it.
       learned_accuracy: a class counts as learned at the first checkpoint where its train
         accuracy reaches this.
+      min_separation: smallest gap between consecutive arrivals, in decades of steps.
 
     Returns:
       :class:`TaskRuns` with events "arrival" and "learned"; the primary truth is "learned" (the two
       are often closer than the scoring tolerance, so one detection cannot be credited with both).
     """
     num_runs = check_positive_int("num_runs", num_runs)
-    if int(num_null) < 0:
-        raise ValueError(f"num_null must be non-negative, got {num_null!r}")
+    num_null = _check_num_null(num_null)
+    num_steps = check_positive_int("num_steps", num_steps)
+    batch_size = check_positive_int("batch_size", batch_size)
     if num_initial + num_arrivals > 10 or num_initial < 2 or num_arrivals < 1:
         raise ValueError("need num_initial >= 2, num_arrivals >= 1 and num_initial + num_arrivals <= 10")
-    if not (1 <= window[0] < window[1] <= num_steps):
-        raise ValueError(f"window must lie inside [1, num_steps={num_steps}], got {window}")
-    total = num_runs + int(num_null)
+    window = _check_window(window, num_steps)
+    if not (min_separation >= 0) or (num_arrivals - 1) * min_separation >= np.log10(window[1] / window[0]):
+        raise ValueError(
+            f"min_separation must be non-negative and leave room for {num_arrivals} arrivals in the window, got {min_separation!r}"
+        )
+    if not (0 < learned_accuracy <= 1):
+        raise ValueError(f"learned_accuracy must lie in (0, 1], got {learned_accuracy!r}")
+    total = num_runs + num_null
     (x_train, y_train), (x_test, y_test) = load_digits_split()
     key_model, key_order, key_arrival, key_train = jax.random.split(key, 4)
     arrivals = np.concatenate([
-        _arrival_steps(key_arrival, num_runs, num_arrivals, window),
-        np.zeros((int(num_null), num_arrivals), np.int64),  # null: everything present at step 0
+        _arrival_steps(key_arrival, num_runs, num_arrivals, window, min_separation),
+        np.zeros((num_null, num_arrivals), np.int64),  # null: everything present at step 0
     ])
     # rank[c] = position of class c in the run's order; classes at rank >= num_initial + num_arrivals never appear.
     orders = np.stack([np.asarray(jax.random.permutation(k, 10)) for k in jax.random.split(key_order, total)])
@@ -281,9 +316,7 @@ def graduated_digits_runs(
         within = jnp.floor(jax.random.uniform(key_example, (batch_size,)) * class_counts[classes]).astype(jnp.int32)
         index = class_table[classes, within]
         batch = (x_train_j[index], y_train_j[index])
-        grads = jax.grad(lambda p: _softmax_cross_entropy(eqx.combine(p, static), batch))(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state, step=state.step + 1)
+        return _optimizer_step(optimizer, state, lambda p: _softmax_cross_entropy(eqx.combine(p, static), batch))
 
     def eval_fn(state: _RunState):
         model = eqx.combine(state.params, static)
@@ -326,11 +359,16 @@ def graduated_digits_runs(
         learned_events.append(learned)
         transitions.append(learned)
     is_null = np.arange(total) >= num_runs
-    loss_fn = _CombinedLoss(_softmax_cross_entropy, static)
+    loss_fn = _PartitionedLoss(_softmax_cross_entropy, static)
+    # λ̂ data per run: the first `per_class` training examples of each class the run has used, by class.
+    per_class = int(counts.min())
+    seen = np.sort(orders[:, :num_used], axis=1)  # (total, num_used) class ids
+    rows = table[seen, :per_class].reshape(total, -1)  # (total, num_used * per_class) indices
+    llc_data = (jnp.asarray(x_train[rows]), jnp.asarray(y_train[rows]))
     return TaskRuns(
         "digits", schedule, params, np.asarray(train_loss), np.asarray(test_accuracy), tuple(transitions),
-        {"arrival": tuple(arrival_events), "learned": tuple(learned_events)}, is_null, tuple(window), loss_fn,
-        (x_train_j, y_train_j), int(len(y_train)),
+        {"arrival": tuple(arrival_events), "learned": tuple(learned_events)}, is_null, window, loss_fn,
+        llc_data, int(rows.shape[1]), True,
     )
 
 
@@ -393,6 +431,9 @@ def grokking_runs(
       :class:`TaskRuns` (metric: test accuracy; events "memorised" and "grokked").
     """
     num_runs = check_positive_int("num_runs", num_runs)
+    num_null = _check_num_null(num_null)
+    num_steps = check_positive_int("num_steps", num_steps)
+    window = _check_window(window, num_steps)
     modulus = check_positive_int("modulus", modulus)
     if not (0 < train_fraction < 1):
         raise ValueError(f"train_fraction must lie in (0, 1), got {train_fraction!r}")
@@ -401,14 +442,14 @@ def grokking_runs(
     if loss not in _GROKKING_LOSSES:
         raise ValueError(f"loss must be one of {tuple(_GROKKING_LOSSES)}, got {loss!r}")
     loss_of = _GROKKING_LOSSES[loss]
-    total = num_runs + int(num_null)
+    total = num_runs + num_null
     pairs = np.stack(np.meshgrid(np.arange(modulus), np.arange(modulus), indexing="ij"), -1).reshape(-1, 2).astype(np.int32)
     labels = ((pairs[:, 0] + pairs[:, 1]) % modulus).astype(np.int32)
     num_train = int(round(train_fraction * len(labels)))
     key_model, key_split, key_labels = jax.random.split(key, 3)
     orders = np.stack([np.asarray(jax.random.permutation(k, len(labels))) for k in jax.random.split(key_split, total)])
     run_labels = np.tile(labels, (total, 1))
-    random_labels = np.asarray(jax.random.randint(key_labels, (int(num_null), len(labels)), 0, modulus), np.int32)
+    random_labels = np.asarray(jax.random.randint(key_labels, (num_null, len(labels)), 0, modulus), np.int32)
     run_labels[num_runs:] = random_labels
     train_pairs = jnp.asarray(pairs[orders[:, :num_train]])
     train_labels = jnp.asarray(np.take_along_axis(run_labels, orders[:, :num_train], 1))
@@ -421,9 +462,7 @@ def grokking_runs(
 
     def step_fn(state: _RunState) -> _RunState:
         data = state.config[:2]
-        grads = jax.grad(lambda p: loss_of(eqx.combine(p, static), data))(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state, step=state.step + 1)
+        return _optimizer_step(optimizer, state, lambda p: loss_of(eqx.combine(p, static), data))
 
     def eval_fn(state: _RunState):
         model = eqx.combine(state.params, static)
@@ -447,10 +486,10 @@ def grokking_runs(
         memorised.append(_in_window([memorised_at], window))
         grokked.append(_in_window([grokked_at], window))
         transitions.append(grokked[-1])
-    loss_fn = _CombinedLoss(loss_of, static)
+    loss_fn = _PartitionedLoss(loss_of, static)
     return TaskRuns(
         "grokking", schedule, params, np.asarray(train_loss), np.asarray(test_accuracy), tuple(transitions),
-        {"memorised": tuple(memorised), "grokked": tuple(grokked)}, np.arange(total) >= num_runs, tuple(window),
+        {"memorised": tuple(memorised), "grokked": tuple(grokked)}, np.arange(total) >= num_runs, window,
         loss_fn, (train_pairs, train_labels), num_train, True,
     )
 
@@ -501,14 +540,24 @@ def legendre_runs(
     `learned_fraction` × Var P_i = `learned_fraction`/(2i + 1); the truth is those steps for i ≥ 2.
     Null runs fit degrees 0 and 1 only (max_degree 1 on the same network shape).
 
+    λ̂ data (one set per run): (D + 1) × 64 points on a grid of x, split equally among the degrees the
+    run fits (0..D for live runs, 0..1 for null runs), sorted by degree: a null run is never asked
+    about degrees it does not train on.
+
     Returns:
       :class:`TaskRuns` (metric: mean over degrees of error / Var P_i).
     """
     num_runs = check_positive_int("num_runs", num_runs)
+    num_null = _check_num_null(num_null)
+    num_steps = check_positive_int("num_steps", num_steps)
+    batch_size = check_positive_int("batch_size", batch_size)
+    window = _check_window(window, num_steps)
     max_degree = check_positive_int("max_degree", max_degree)
     if max_degree < 2:
         raise ValueError(f"max_degree must be at least 2 (degrees 0, 1 are the null task), got {max_degree}")
-    total = num_runs + int(num_null)
+    if not (0 < learned_fraction <= 1):
+        raise ValueError(f"learned_fraction must lie in (0, 1], got {learned_fraction!r}")
+    total = num_runs + num_null
     slots = max_degree + 1
     key_model, key_train = jax.random.split(key)
     arrays, static = _stack_modules(
@@ -527,9 +576,7 @@ def legendre_runs(
         x = jax.random.uniform(key_x, (batch_size,), minval=-1.0, maxval=1.0)
         targets = jax.nn.one_hot(degree, slots) * jnp.take_along_axis(legendre_table(max_degree, x), degree[None], 0)[0][:, None]
         data = (_legendre_inputs(degree, x, slots), targets)
-        grads = jax.grad(lambda p: _legendre_loss(eqx.combine(p, static), data))(state.params)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state, step=state.step + 1)
+        return _optimizer_step(optimizer, state, lambda p: _legendre_loss(eqx.combine(p, static), data))
 
     def eval_fn(state: _RunState):
         model = eqx.combine(state.params, static)
@@ -554,12 +601,19 @@ def legendre_runs(
         learned = [first_crossing(schedule, errors[run, :, i], learned_fraction * variance_np[i], above=False) for i in range(top + 1)]
         learned_steps.append(np.asarray(learned))
         transitions.append(_in_window(learned[2:], window) if run < num_runs else np.zeros(0))
-    inputs = jnp.concatenate([_legendre_inputs(jnp.full(grid.shape, i), grid, slots) for i in range(slots)])
-    targets = jnp.concatenate([jax.nn.one_hot(jnp.full(grid.shape, i), slots) * table[i][:, None] for i in range(slots)])
+    num_rows = slots * grid.size
+    inputs, targets = [], []
+    for top in np.asarray(degrees_per_run):
+        degree = (np.arange(num_rows) * (top + 1)) // num_rows  # equal blocks of rows, sorted by degree
+        x = np.concatenate([np.linspace(-1.0, 1.0, np.sum(degree == i)) for i in range(top + 1)]).astype(np.float32)
+        degree_j, x_j = jnp.asarray(degree), jnp.asarray(x)
+        inputs.append(_legendre_inputs(degree_j, x_j, slots))
+        values = jnp.take_along_axis(legendre_table(max_degree, x_j), degree_j[None], 0)[0]
+        targets.append(jax.nn.one_hot(degree_j, slots) * values[:, None])
     return TaskRuns(
         "legendre", schedule, params, np.asarray(train_loss), np.asarray(metric), tuple(transitions),
-        {"learned_by_degree": tuple(learned_steps)}, np.arange(total) >= num_runs, tuple(window),
-        _CombinedLoss(_legendre_loss, static), (inputs, targets), int(inputs.shape[0]),
+        {"learned_by_degree": tuple(learned_steps)}, np.arange(total) >= num_runs, window,
+        _PartitionedLoss(_legendre_loss, static), (jnp.stack(inputs), jnp.stack(targets)), num_rows, True,
     )
 
 
@@ -619,7 +673,11 @@ def tms_runs(
     from tmsjax.model import init_near_kgon, init_params
 
     num_runs = check_positive_int("num_runs", num_runs)
-    total = num_runs + int(num_null)
+    num_null = _check_num_null(num_null)
+    num_steps = check_positive_int("num_steps", num_steps)
+    batch_size = check_positive_int("batch_size", batch_size)
+    window = _check_window(window, num_steps)
+    total = num_runs + num_null
     key_data, key_init, key_null, key_train = jax.random.split(key, 4)
 
     @jax.jit  # one program for the setup (run eagerly, each sampler primitive compiles on its own)
@@ -630,7 +688,7 @@ def tms_runs(
         init = jax.vmap(lambda k: init_params(k, num_features, 2, scale=init_scale))(jax.random.split(key_init, num_runs))
         if num_null:
             null = jax.vmap(lambda k: init_near_kgon(k, num_features, num_features, radius=1.32, bias=-0.6))(
-                jax.random.split(key_null, int(num_null))
+                jax.random.split(key_null, num_null)
             )
             init = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), init, null)
         return x, init
@@ -648,7 +706,7 @@ def tms_runs(
     transitions = tuple(phase_change_steps(schedule, labels[run], window) for run in range(total))
     return TaskRuns(
         "tms", schedule, params, np.asarray(trajectory.train_loss), np.asarray(trajectory.population_loss),
-        transitions, {"labels": tuple(tuple(row) for row in labels)}, np.arange(total) >= num_runs, tuple(window),
+        transitions, {"labels": tuple(tuple(row) for row in labels)}, np.arange(total) >= num_runs, window,
         _tms_loss, dataset, int(num_data),
     )
 

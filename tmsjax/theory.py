@@ -82,11 +82,18 @@ def catalogue_phases(
     return sorted(phases, key=lambda p: p.loss)
 
 
+def _check_scales(temperature, prior_std) -> None:
+    for name, value in (("temperature", temperature), ("prior_std", prior_std)):
+        if not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be positive and finite, got {value!r}")
+
+
 def free_energy(n, loss, llc, constant, *, temperature: float = 1.0, prior_std: float = 1.0):
     r""":math:`F_n = (n/T) L + \lambda \log(n/T) + c/\sigma^2` (`constant` is ½‖w*‖² at σ = 1); broadcasts."""
+    _check_scales(temperature, prior_std)
     n = np.asarray(n, dtype=float)
-    if np.any(n <= 0):
-        raise ValueError(f"n must be positive, got {n}")
+    if not np.all(np.isfinite(n)) or np.any(n <= 0):
+        raise ValueError(f"n must be positive and finite, got {n}")
     nbeta = n / temperature
     return nbeta * loss + llc * np.log(nbeta) + constant / prior_std**2
 
@@ -128,6 +135,10 @@ def crossing(
       n_c (the largest crossing in `n_range`), or NaN when the free energies do not cross inside `n_range` (e.g. the lower-loss phase
       also has the lower λ and constant, so it dominates at every n).
     """
+    _check_scales(temperature, prior_std)
+    low, high = n_range
+    if not (np.isfinite(low) and np.isfinite(high) and 0 < low < high):
+        raise ValueError(f"n_range must be (low, high) with 0 < low < high, got {n_range!r}")
     scale = 1.0 if include_constant else 0.0
 
     def gap(log_n):
@@ -177,7 +188,11 @@ def empirical_crossing(n, occupancy_from, occupancy_to) -> float:
     """Where an empirical occupancy difference changes sign, by log-linear interpolation between the
     grid points bracketing the first sign change from `from`-dominant to `to`-dominant; NaN if none."""
     n = np.asarray(n, dtype=float)
-    diff = np.asarray(occupancy_to, dtype=float) - np.asarray(occupancy_from, dtype=float)
+    occupancy_from, occupancy_to = np.asarray(occupancy_from, dtype=float), np.asarray(occupancy_to, dtype=float)
+    if not (n.ndim == 1 and occupancy_from.shape == n.shape == occupancy_to.shape):
+        raise ValueError(f"n, occupancy_from and occupancy_to must be 1-d of one length, got {n.shape}, "
+                         f"{occupancy_from.shape}, {occupancy_to.shape}")
+    diff = occupancy_to - occupancy_from
     order = np.argsort(n)
     n, diff = n[order], diff[order]
     for i in range(len(n) - 1):

@@ -298,6 +298,7 @@ def make_chees_sweep(
     :func:`make_nuts_sweep` (target-major: element t·chains + j is chain j of target t).
     """
     _check_counts(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples)
+    _check_settings(learning_rate=learning_rate, initial_step_size=initial_step_size)
     group = build_chees_group(
         logdensity_fn,
         num_chains=num_chains,
@@ -310,7 +311,7 @@ def make_chees_sweep(
     checked = _with_grid_checks(compiled, mesh)
 
     def sweep(keys, positions, data):
-        leading = {int(np.shape(x)[1]) for x in jax.tree.leaves(positions)}
+        leading = {int(np.shape(x)[1]) if np.ndim(x) >= 2 else None for x in jax.tree.leaves(positions)}
         if leading != {num_chains}:
             raise ValueError(f"positions must have shape (targets, num_chains={num_chains}, ...), got {leading}")
         result = checked(keys, positions, data)
@@ -325,13 +326,13 @@ def _check_counts(**counts) -> None:
 
 
 def _check_settings(**settings) -> None:
-    """Rates must lie in (0, 1); step sizes and learning rates must be positive and finite."""
+    """Acceptance rates must lie in (0, 1); step sizes and learning rates must be positive and finite."""
     for name, value in settings.items():
-        if value is None:
-            continue
-        low_high = (0.0, 1.0) if name.endswith("rate") and "learning" not in name else (0.0, np.inf)
-        if not (np.isfinite(value) and low_high[0] < value < low_high[1] if low_high[1] < np.inf else np.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be {'in (0, 1)' if low_high[1] == 1.0 else 'positive and finite'}, got {value!r}")
+        if name.endswith("acceptance_rate"):
+            if not (np.isfinite(value) and 0 < value < 1):
+                raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+        elif not (np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be positive and finite, got {value!r}")
 
 
 def _with_grid_checks(compiled, mesh, grid_data=lambda data: data):
