@@ -342,26 +342,16 @@ def analyse(settings: dict, store: ResultStore) -> dict:
 CROSSING_NOTE = (
     "The theoretical crossings come from the leading-order free energy F_n = nL + lambda log n + c, "
     "c = |w*|^2/2 (PAPER_NOTES section 5): 5->6 at n = 601 (445 without the constant c). It omits O(1) "
-    "terms that are as large as the margin it decides: the prior mass of each phase's flat directions "
-    "(e.g. the 5-gon's dead column can sit anywhere in a region of prior mass about 0.0142, i.e. "
-    "-log 0.0142 = +4.3 nats against the 5-gon that the formula does not count), the Hessian determinants "
-    "of the non-degenerate directions, and the sizes of the symmetry orbits (60 vs 72 permutation "
-    "classes). Near n = 600 a shift of the 5-vs-6 free-energy gap by 1 nat moves n_c by about 55 (601 -> "
-    "545), and adding the dead-column term alone gives n_c = 356, so the formula fixes n_c only to within "
-    "a few hundred. Measured with this sampler at the CPU preset "
-    "(12 chains, 4 started near each of 6, 5+, 5; 400 warmup + 400 draws; tree depth cap 5): 5->6 at "
-    "n ~ 394 (seed 0) and ~ 440 (seed 1). An independent check by the lead with numpyro NUTS (max tree "
-    "depth 10, 6 chains started 3 at 5-gons and 3 at 6-gons, 500 warmup + 1000 draws, dataset "
-    "sample_sparse_limit(key(0), n, 6)): n = 450 gave 63% 6-gon, 34% 5, 3% 5+, with every chain "
-    "switching phase about 60 times; n = 650 gave 99.7% 6-gon, chains started at 5-gons all leaving for "
-    "the 6-gon. Over three dataset draws (--dataset-seeds 0,1,2, n = 300..700 in steps of 50, 12 chains, "
-    "300 warmup + 300 draws, depth cap 5) this sampler put the 5->6 crossing at n = 404, 432 and 610: "
-    "mean 482, standard deviation 112 over datasets (standard error of the mean 65). So the crossing "
-    "moves by ~100 from one dataset draw to another (finite-n fluctuations of n L_n, several nats at "
-    "n ~ 500), the leading-order 601 is within the spread though above the mean, and a single-dataset "
-    "crossing anywhere in 400-650 (the paper reports one between 600 and 700) is consistent with it. "
-    "Caveats: at n >= 550 chains switch phase only 1-3 times in 300 draws, so occupancies there lean on "
-    "the warmup having found the 6-gon; a few datasets cannot pin the mean crossing better than +-65.")
+    "terms as large as the margin it decides: the prior mass of each phase's flat directions (the "
+    "5-gon's dead column can sit anywhere in a region of prior mass about 0.0142 by Monte Carlo, i.e. "
+    "about +4.3 nats against the 5-gon: see theory_leading_order), the Hessian determinants of the other "
+    "directions, and the sizes of the symmetry orbits. Near n = 600 a 1-nat shift of the 5-vs-6 gap "
+    "moves n_c by about 55, so the formula fixes n_c only to within a few hundred. The empirical "
+    "crossing of this run is in empirical_crossings; it also moves by about 100 from one dataset draw "
+    "to another (finite-n fluctuations of n L_n): use --dataset-seeds to measure that spread. At "
+    "n >= 550 chains switch phase only a few times per run, so occupancies there lean on the warmup "
+    "having found the 6-gon."
+)
 
 
 def leading_order_theory(c: int, settings: dict) -> dict:
