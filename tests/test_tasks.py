@@ -10,9 +10,12 @@ from tmsjax import tasks
 
 TINY = {
     "digits": dict(num_runs=2, num_null=1, num_steps=200, num_checkpoints=30, window=(10, 200), hidden=16),
-    "grokking": dict(num_runs=1, num_null=1, num_steps=100, num_checkpoints=20, window=(5, 100), modulus=7, hidden=16),
-    "legendre": dict(num_runs=1, num_null=1, num_steps=100, num_checkpoints=20, window=(5, 100), max_degree=3, hidden=16),
-    "tms": dict(num_runs=2, num_null=1, num_steps=500, num_checkpoints=20, window=(10, 500)),
+    # The slow families run at their default lengths: shorter runs have no transition to check (a
+    # network groks, or learns a degree, only after ~10³ steps). TMS runs change phase at random, so
+    # six live runs make "none of them moves" a ~1e-3 event rather than a coin flip.
+    "grokking": dict(num_runs=2, num_null=1, num_checkpoints=40),
+    "legendre": dict(num_runs=2, num_null=1, num_checkpoints=40),
+    "tms": dict(num_runs=6, num_null=1, num_checkpoints=40),
 }
 
 

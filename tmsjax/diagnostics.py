@@ -57,18 +57,16 @@ def rhat(draws) -> np.ndarray:
 def indicator_ess(indicator) -> float:
     """ESS of a 0/1 indicator (e.g. "sample is in phase α"), (num_chains, num_draws).
 
-    A chain on which the indicator varies contributes its own ESS (clipped to [1, num_draws]); a
-    chain on which it is constant never left (or never entered) the phase, so as far as the phase is
-    concerned it is one independent assignment and contributes 1.
+    The multi-chain ESS (rank-normalised, from within- and between-chain variance): chains that mix
+    but disagree about how often they visit the phase shrink it, as they should. When no chain's
+    indicator varies there is no autocorrelation to estimate, and each chain counts once.
     """
     indicator = _as_draws("indicator", indicator).astype(float)
-    num_draws = indicator.shape[1]
-    varying = np.std(indicator, axis=1) > 0
-    ess = 0.0
-    if np.any(varying):
-        per_chain = np.asarray(per_chain_ess(indicator[varying]), dtype=float)
-        ess = float(np.sum(np.clip(np.nan_to_num(per_chain, nan=1.0), 1.0, num_draws)))
-    return ess + float(np.sum(~varying))
+    num_chains, num_draws = indicator.shape[:2]
+    if not np.any(np.std(indicator, axis=1) > 0):
+        return float(num_chains)
+    ess = float(np.asarray(effective_sample_size(indicator)).reshape(-1)[0])
+    return float(np.clip(np.nan_to_num(ess, nan=1.0), 1.0, num_chains * num_draws))
 
 
 def occupancy_with_error(indicator) -> tuple[float, float, float]:
@@ -77,8 +75,8 @@ def occupancy_with_error(indicator) -> tuple[float, float, float]:
     .. math:: \\mathrm{se} = \\sqrt{\\hat p(1-\\hat p)/\\mathrm{ESS}},\\ \\text{floored at}\\
               \\tfrac12/\\mathrm{ESS}\\ \\text{so a 0 or 1 estimate still carries an error}
 
-    The ESS is :func:`indicator_ess` (at least the number of chains); with fewer than 4 draws per
-    chain there is no autocorrelation estimate and each chain counts once.
+    The ESS is :func:`indicator_ess`; with fewer than 4 draws per chain there is no autocorrelation
+    estimate and each chain counts once.
 
     Returns:
       (p̂, standard error, ESS used).
@@ -87,7 +85,6 @@ def occupancy_with_error(indicator) -> tuple[float, float, float]:
     num_chains = indicator.shape[0]
     p = float(np.mean(indicator))
     ess = indicator_ess(indicator) if indicator.shape[1] >= 4 else float(num_chains)
-    ess = max(ess, float(num_chains))
     se = max(np.sqrt(p * (1 - p) / ess), 0.5 / ess)
     return p, float(se), ess
 
