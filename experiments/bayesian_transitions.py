@@ -12,14 +12,17 @@ Method (Chen et al. 2023 §5):
 - sampler: blackjax NUTS with per-chain Stan window adaptation (:mod:`tmsjax.sampling.nuts`), vmapped
   over the (n, chain) grid, run in blocks of n values that are written to disk as they finish (a
   re-run resumes); ``--sampler chees`` runs ChEES-HMC instead (chains of one n share a trajectory
-  length);
+  length); ``--sampler smc`` runs adaptive tempered SMC from the prior (:mod:`tmsjax.sampling.smc`,
+  ``--smc-replicates`` independent runs of ``--smc-particles`` per n), whose occupancies do not depend
+  on chains crossing between phases: the check that the NUTS occupancies are the posterior's;
 - coarse-graining: every draw classified by :func:`tmsjax.phases.classify_batch` with
   ``max_distance=inf`` (the paper's hull-vertex count plus bias signs: at n ≲ 1000 the posterior
   spread is comparable to the classifier's default distance cut, which would call most draws
   "unknown");
-- occupancy per phase and n with an error bar :math:`\sqrt{p(1-p)/\mathrm{ESS}}` where the ESS of the
-  phase indicator is capped by the number of independent phase assignments (chains plus observed
-  switches: a chain that never switches is one assignment, not num_samples of them);
+- occupancy per phase and n with an error bar :math:`\sqrt{p(1-p)/\mathrm{ESS}}`, the multi-chain
+  (rank-normalised) ESS of the phase indicator (:func:`tmsjax.diagnostics.occupancy_with_error`):
+  chains that stay put or disagree shrink it; for SMC the replicates play the chains and the
+  resampled duplicates the autocorrelation;
 - theory: softmax of :math:`-F_n` over the catalogue phases with known λ (6, 5⁺, 5 at c = 6;
   ``--llc-estimates`` adds 4-gons), crossings from :mod:`tmsjax.theory`.
 
@@ -71,7 +74,7 @@ import numpy as np
 
 from tmsjax import diagnostics, theory
 from tmsjax.critical import critical_points
-from tmsjax.data import Dataset, nested_datasets, sample_sparse_limit
+from tmsjax.data import Dataset, nested_datasets, sample_sparse_limit, sparse_limit_stats
 from tmsjax.model import TMSParams
 from tmsjax.phases import canonicalize, classify_batch, phase_labels
 from tmsjax.posterior import make_logdensity_fn
@@ -82,17 +85,18 @@ PRESETS = {
     # CPU default: nine n around the predicted transitions, 4 chains per theory phase.
     "cpu": dict(
         num_features=6, sizes="150,250,350,450,550,650,800,1000,1300", chains_per_phase=4,
-        num_warmup=400, num_samples=400, max_doublings=5, block_sizes=3,
+        num_warmup=400, num_samples=400, max_doublings=5, block_sizes=3, smc_particles=1000, smc_replicates=4,
     ),
     # GPU: the paper's range, 100..2000 for c = 6 (c = 4, 5 get 100..600 in their own run).
     "paper": dict(
         num_features=6, sizes="100,150,200,250,300,400,500,600,700,800,900,1000,1200,1400,1700,2000",
         chains_per_phase=32, num_warmup=1000, num_samples=2000, max_doublings=8, block_sizes=16,
+        smc_particles=4000, smc_replicates=8,
     ),
     # Seconds: two n, one chain per phase, a few steps; only checks that every stage runs.
     "smoke": dict(
         num_features=6, sizes="200,600", chains_per_phase=1, num_warmup=10, num_samples=10,
-        max_doublings=2, block_sizes=2, tsne_points=40,
+        max_doublings=2, block_sizes=2, tsne_points=40, smc_particles=64, smc_replicates=2,
     ),
 }
 PAPER_SMALL_C_SIZES = "100,150,200,250,300,400,500,600"
@@ -110,7 +114,13 @@ def parse_args(argv=None):
     parser.add_argument("--num-samples", type=int, default=None)
     parser.add_argument("--max-doublings", type=int, default=None, help="NUTS tree depth cap")
     parser.add_argument("--block-sizes", type=int, default=None, help="dataset sizes per compiled call")
-    parser.add_argument("--sampler", choices=["nuts", "chees"], default="nuts")
+    parser.add_argument("--sampler", choices=["nuts", "chees", "smc"], default="nuts")
+    parser.add_argument(
+        "--likelihood", choices=["stats", "rows"], default="stats",
+        help="log likelihood from the data's sufficient statistics (exact, fast) or row by row",
+    )
+    parser.add_argument("--smc-particles", type=int, default=None, help="particles per SMC run")
+    parser.add_argument("--smc-replicates", type=int, default=None, help="independent SMC runs per n")
     parser.add_argument("--init", choices=["phases", "prior"], default="phases")
     parser.add_argument("--prior-std", type=float, default=1.0)
     parser.add_argument("--temperature", type=float, default=1.0, help="likelihood scale T")
@@ -128,7 +138,8 @@ def parse_args(argv=None):
 
 def settings_from_args(args) -> dict:
     preset = dict(PRESETS["smoke" if args.smoke else args.preset])
-    for name in ("num_features", "sizes", "chains_per_phase", "num_warmup", "num_samples", "max_doublings", "block_sizes"):
+    for name in ("num_features", "sizes", "chains_per_phase", "num_warmup", "num_samples", "max_doublings", "block_sizes",
+                 "smc_particles", "smc_replicates"):
         value = getattr(args, name)
         if value is not None:
             preset[name] = value
@@ -138,7 +149,7 @@ def settings_from_args(args) -> dict:
     preset["sizes"] = sizes
     tsne_points = preset.pop("tsne_points", 1500) if args.tsne_points is None else args.tsne_points
     preset.update(
-        sampler=args.sampler, init=args.init, prior_std=args.prior_std, temperature=args.temperature,
+        sampler=args.sampler, likelihood=args.likelihood, init=args.init, prior_std=args.prior_std, temperature=args.temperature,
         llc_estimates=json.loads(args.llc_estimates) if args.llc_estimates else {}, seed=args.seed,
         tsne_points=int(tsne_points),
     )
@@ -181,6 +192,8 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
     todo = [n for n in sizes if not store.has(f"n_{n:05d}")]
     if not todo:
         return
+    if settings["sampler"] == "smc":
+        return run_smc_sweep(settings, store, todo, progress)
     init_labels = [p.label for p in theory.catalogue_phases(c, settings["llc_estimates"])]
     if not init_labels:  # c = 4: no phase with known λ; start near the lowest-loss catalogue points
         init_labels = [p.label for p in critical_points(c)[:3]]
@@ -191,10 +204,11 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
     x = sample_sparse_limit(key_data, n_max, c)
     logdensity_fn = make_logdensity_fn(settings["prior_std"], settings["temperature"])
     common = dict(num_warmup=settings["num_warmup"], num_samples=settings["num_samples"])
+    rows = settings["likelihood"] == "rows"
     if settings["sampler"] == "nuts":
         # Nested datasets share their rows: x goes in once, only the masks are per lane.
         sweep = make_nuts_sweep(logdensity_fn, max_num_doublings=settings["max_doublings"],
-                                data_axes=Dataset(x=None, mask=0), **common)
+                                data_axes=Dataset(x=None, mask=0) if rows else 0, **common)
     else:
         sweep = make_chees_sweep(logdensity_fn, num_chains=num_chains, **common)
     block = settings["block_sizes"]
@@ -203,7 +217,7 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
     for sizes_block in blocks:
         # Pad the last block by repeating its last n so every call has one shape (one compilation).
         padded = sizes_block + [sizes_block[-1]] * (block - len(sizes_block))
-        datasets = nested_datasets(x, padded)
+        datasets = block_data(x, padded, settings["likelihood"])
         # Keys and starts depend on n only, not on the blocking, so a resumed run is the same run.
         # Starting points and chain keys come from separate keys (never the same key split twice).
         keys_n = [jax.random.split(jax.random.fold_in(key_run, n)) for n in padded]
@@ -211,7 +225,10 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
         chain_keys = jnp.stack([jax.random.split(k[1], num_chains) for k in keys_n])  # (block, chains)
         start = time.perf_counter()
         if settings["sampler"] == "nuts":
-            grid_data = Dataset(x, jnp.repeat(datasets.mask, num_chains, axis=0))
+            if rows:
+                grid_data = Dataset(x, jnp.repeat(datasets.mask, num_chains, axis=0))
+            else:
+                grid_data = jax.tree.map(lambda a: jnp.repeat(a, num_chains, axis=0), datasets)
             positions = jax.tree.map(lambda *xs: jnp.concatenate(xs), *inits)
             result = sweep(chain_keys.reshape(-1), positions, grid_data)
         else:
@@ -222,6 +239,66 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
         for index, n in enumerate(sizes_block):
             part = jax.tree.map(lambda a: np.asarray(a).reshape(block, num_chains, *np.shape(a)[1:])[index], result)
             save_size(store, n, part, c, seconds / len(sizes_block), init_labels)
+            bar.update(1)
+    bar.close()
+
+
+def block_data(x, sizes, likelihood: str):
+    """The targets of one block of dataset sizes: nested padded rows, or their sufficient statistics
+    (exactly the same log likelihood, O(c² log n) per evaluation; every block padded to one shape)."""
+    if likelihood == "rows":
+        return nested_datasets(x, sizes)
+    num_slots = int(np.bincount(np.asarray(x).argmax(axis=1), minlength=x.shape[1]).max())
+    return sparse_limit_stats(x, sizes, num_slots=num_slots)
+
+
+def run_smc_sweep(settings: dict, store: ResultStore, todo: list, progress: bool = True) -> None:
+    """Tempered SMC from the prior: `smc_replicates` independent runs of `smc_particles` per n, all
+    (n, replicate) runs of a block in one compiled program (tmsjax.sampling.smc)."""
+    from tqdm.auto import tqdm
+
+    from tmsjax.posterior import log_likelihood, log_prior
+    from tmsjax.sampling.smc import make_smc_sweep
+
+    c = settings["num_features"]
+    replicates, num_particles = settings["smc_replicates"], settings["smc_particles"]
+    key_data, key_run = jax.random.split(jax.random.key(settings["seed"]))
+    x = sample_sparse_limit(key_data, max(settings["sizes"]), c)
+    prior_std, temperature = settings["prior_std"], settings["temperature"]
+    sweep = make_smc_sweep(lambda w: log_prior(w, prior_std), lambda w, d: log_likelihood(w, d, temperature))
+    block = settings["block_sizes"]
+    bar = tqdm(total=len(todo), desc=f"smc sweep c={c}", disable=not progress)
+    for start in range(0, len(todo), block):
+        sizes_block = todo[start : start + block]
+        padded = sizes_block + [sizes_block[-1]] * (block - len(sizes_block))
+        datasets = block_data(x, padded, settings["likelihood"])
+        grid_data = jax.tree.map(lambda a: jnp.repeat(a, replicates, axis=0), datasets)
+        keys, particles = [], []
+        for n in padded:  # keys depend on n only, so a resumed run is the same run
+            key_chain, key_init = jax.random.split(jax.random.fold_in(key_run, n))
+            keys.append(jax.random.split(key_chain, replicates))
+            k_w, k_b = jax.random.split(key_init)
+            particles.append(TMSParams(
+                prior_std * jax.random.normal(k_w, (replicates, num_particles, 2, c)),
+                prior_std * jax.random.normal(k_b, (replicates, num_particles, c)),
+            ))
+        particles = jax.tree.map(lambda *xs: jnp.concatenate(xs), *particles)
+        begin = time.perf_counter()
+        result = jax.device_get(sweep(jnp.concatenate(keys), particles, grid_data))
+        seconds = (time.perf_counter() - begin) / len(sizes_block)
+        for index, n in enumerate(sizes_block):
+            part = jax.tree.map(lambda a: np.asarray(a).reshape(block, replicates, *np.shape(a)[1:])[index], result)
+            W, b = np.asarray(part.particles.W), np.asarray(part.particles.b)
+            ids = np.asarray(classify_batch(W.reshape(-1, 2, c), b.reshape(-1, c), max_distance=math.inf).ids)
+            thin = max(1, num_particles // 50)
+            store.save_arrays(
+                f"n_{n:05d}",
+                ids=ids.reshape(replicates, num_particles),  # replicates play the role of chains
+                W=W[:, ::thin], b=b[:, ::thin],
+                log_evidence=part.log_evidence, num_steps=part.num_steps,
+                acceptance_rate=part.acceptance_rate, step_size=part.step_size, tempering=part.tempering,
+                seconds=np.asarray(seconds),
+            )
             bar.update(1)
     bar.close()
 
@@ -275,6 +352,16 @@ def analyse(settings: dict, store: ResultStore) -> dict:
             occupancy[label].append(p)
             errors[label].append(se)
         counts = {lab: int(np.sum(labels == lab)) for lab in table if np.any(labels == lab)}
+        if settings["sampler"] == "smc":
+            per_n.append({
+                "n": n,
+                "counts": counts,
+                "log_evidence_per_replicate": data["log_evidence"].tolist(),
+                "tempering_steps_mean": float(data["num_steps"].mean()),
+                "mean_acceptance": float(np.nanmean(data["acceptance_rate"])),
+                "seconds": float(data["seconds"]),
+            })
+            continue
         switches = phase_switches(ids)
         per_n.append({
             "n": n,
@@ -327,9 +414,11 @@ def analyse(settings: dict, store: ResultStore) -> dict:
         "crossing_note": CROSSING_NOTE,
         "diagnostics": {
             "per_n": per_n,
-            "total_divergent": sum(r["num_divergent"] for r in per_n),
             "total_seconds": sum(r["seconds"] for r in per_n),
-            "mean_lockstep_efficiency": float(np.mean([r["lockstep_efficiency"] for r in per_n])),
+            **({} if settings["sampler"] == "smc" else {
+                "total_divergent": sum(r["num_divergent"] for r in per_n),
+                "mean_lockstep_efficiency": float(np.mean([r["lockstep_efficiency"] for r in per_n])),
+            }),
         },
     }
     store.write_summary(summary)
@@ -397,7 +486,7 @@ def occupancy_figure(sizes, occupancy, errors, n_grid, theory_occupancy, tlabels
             continue
         name = "other phases" if label == "other" else pretty_label(label)
         ax.errorbar(sizes, occupancy[label], yerr=errors[label], fmt="o", ms=6, capsize=3,
-                    color=colors[label], mec="black", mew=0.6, label=f"NUTS {name}")
+                    color=colors[label], mec="black", mew=0.6, label=f"{summary['sampler'].upper()} {name}")
     for key, n_c in summary["theoretical_crossings"].items():
         if n_grid[0] <= n_c <= n_grid[-1]:
             ax.axvline(n_c, color="grey", ls=":", lw=1)
@@ -443,7 +532,7 @@ def tsne_figure(store, sizes, table, c, settings):
         mask = labels == label
         if np.any(mask):
             ax.scatter(*embedding[mask].T, s=8, color=colors[label], label=f"{pretty_label(label)} ({mask.sum()})")
-    ax.set_title("t-SNE of canonicalised NUTS samples, coloured by phase")
+    ax.set_title(f"t-SNE of canonicalised {settings['sampler'].upper()} samples, coloured by phase")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize=8, markerscale=2, loc="best")

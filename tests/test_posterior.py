@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tmsjax import posterior
-from tmsjax.data import make_dataset, nested_datasets, sample_sparse_limit
+from tmsjax.data import make_dataset, nested_datasets, sample_sparse_limit, sparse_limit_stats
 from tmsjax.model import TMSParams, loss
 
 
@@ -50,3 +50,40 @@ def test_public_wrapper_validates(key):
     with pytest.raises(ValueError, match="W"):
         posterior.posterior_log_density(np.full((2, 6), np.nan), b, x)
     assert np.isfinite(float(posterior.posterior_log_density(W, b, x)))
+
+
+def test_sufficient_statistics_give_the_row_likelihood_and_gradient(key, x64):
+    # Every branch of the piecewise formula: random (W, b) make outputs fire on prefixes, suffixes, all
+    # or none of each feature's μ; a zero column and a zero bias add the a = 0 and t = 0 cases.
+    key_x, key_w, key_b = jax.random.split(key, 3)
+    x = sample_sparse_limit(key_x, 400, 6)
+    x = x.at[7].set(0.0)  # a μ = 0 row: output j fires iff b_j > 0
+    sizes = [5, 60, 400]
+    stats = sparse_limit_stats(x, sizes, num_slots=120)
+    logdensity = posterior.make_logdensity_fn(prior_std=1.5, temperature=2.0)
+    for trial in range(8):
+        W = jax.random.normal(jax.random.fold_in(key_w, trial), (2, 6))
+        b = jax.random.normal(jax.random.fold_in(key_b, trial), (6,))
+        W, b = W.at[:, trial % 6].set(0.0), b.at[(trial + 1) % 6].set(0.0)
+        params = TMSParams(W, b)
+        for index, n in enumerate(sizes):
+            rows = lambda p: logdensity(p, make_dataset(x[:n]))  # noqa: E731
+            fast = lambda p: logdensity(p, jax.tree.map(lambda a: a[index], stats))  # noqa: E731
+            np.testing.assert_allclose(float(fast(params)), float(rows(params)), rtol=1e-11)
+            for got, want in zip(jax.tree.leaves(jax.grad(fast)(params)), jax.tree.leaves(jax.grad(rows)(params))):
+                np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+    assert [int(n) for n in stats.num_data] == sizes
+
+
+def test_sufficient_statistics_validate(key):
+    x = sample_sparse_limit(key, 30, 4)
+    with pytest.raises(ValueError, match="one nonzero"):
+        sparse_limit_stats(x.at[0, :2].set(0.5), [10])
+    with pytest.raises(ValueError, match="one nonzero"):
+        sparse_limit_stats(-x, [10])
+    with pytest.raises(ValueError, match="exceed"):
+        sparse_limit_stats(x, [31])
+    with pytest.raises(ValueError, match="num_slots"):
+        sparse_limit_stats(x, [30], num_slots=2)
+    with pytest.raises(ValueError, match="sizes"):
+        sparse_limit_stats(x, [0])

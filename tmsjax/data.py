@@ -91,6 +91,70 @@ def nested_datasets(x, sizes) -> Dataset:
     return Dataset(jnp.broadcast_to(x, (len(sizes), *x.shape)), mask)
 
 
+class SparseLimitStats(NamedTuple):
+    r"""Sufficient statistics of one-hot data :math:`x_k = \mu_k e_{i_k}` for the TMS loss.
+
+    For such data the loss of every (input feature i, output j) pair is a sum over the samples of
+    feature i of a quadratic in μ on the interval where output j fires, so three prefix sums over
+    each feature's sorted μ give it exactly (:func:`tmsjax.model.sum_squared_error_from_stats`):
+    O(c² log n) per evaluation instead of O(n c r). Same value and gradient as the rows.
+
+    Attributes:
+      mu: (c, m) each feature's μ values sorted ascending, padded with 2.0 (> any μ ∈ [0, 1]).
+      moments: (3, c, m + 1) prefix sums of μ⁰, μ¹, μ² over `mu` (moments[:, i, k] sums the k
+        smallest μ of feature i).
+      counts: (c,) samples per feature; n = counts.sum().
+    """
+
+    mu: Float[Array, "num_features m"]
+    moments: Float[Array, "3 num_features m_plus_1"]
+    counts: Int[Array, " num_features"]
+
+    @property
+    def num_data(self) -> Int[Array, ""]:
+        return jnp.sum(self.counts, axis=-1)
+
+
+def sparse_limit_stats(x, sizes, num_slots: int | None = None) -> SparseLimitStats:
+    """:class:`SparseLimitStats` of the first n rows of one-hot `x` for each n in `sizes`, stacked.
+
+    Args:
+      x: (n_max, c) rows with at most one nonzero entry, nonnegative (the high-sparsity-limit data).
+      sizes: dataset sizes n (nested: the first n rows), each ≤ n_max.
+      num_slots: the padded length m of each feature's μ list (default: the largest count). Pass the
+        same value for every block of a sweep (e.g. the largest count over all of x) so every block
+        has one shape and one compilation.
+
+    Raises:
+      ValueError: if x is not one-hot and nonnegative, or a size is not in 1..n_max.
+    """
+    x = np.asarray(as_float_array("x", x, ndim=2), dtype=np.float64)
+    check_finite("x", x)
+    if np.any(x < 0) or np.any(np.count_nonzero(x, axis=1) > 1):
+        raise ValueError("x must have at most one nonzero, nonnegative entry per row (x = mu e_i)")
+    sizes = [check_positive_int("sizes", n) for n in np.atleast_1d(sizes).tolist()]
+    if max(sizes) > x.shape[0]:
+        raise ValueError(f"sizes {sizes} exceed the {x.shape[0]} rows of x")
+    num_features = x.shape[1]
+    feature, mu = x.argmax(axis=1), x.max(axis=1)
+    counts = np.stack([np.bincount(feature[:n], minlength=num_features) for n in sizes])
+    m = int(counts.max()) if num_slots is None else check_positive_int("num_slots", num_slots)
+    if m < counts.max():
+        raise ValueError(f"num_slots={m} is smaller than the {int(counts.max())} samples of one feature")
+    sorted_mu = np.full((len(sizes), num_features, m), 2.0)
+    moments = np.zeros((len(sizes), 3, num_features, m + 1))
+    for s, n in enumerate(sizes):
+        for i in range(num_features):
+            values = np.sort(mu[:n][feature[:n] == i])
+            sorted_mu[s, i, : len(values)] = values
+            for power in range(3):
+                sums = np.concatenate([[0.0], np.cumsum(values**power)])
+                moments[s, power, i, : len(sums)] = sums
+                moments[s, power, i, len(sums):] = sums[-1]
+    dtype = jnp.zeros(()).dtype  # float32 unless x64 is enabled
+    return SparseLimitStats(jnp.asarray(sorted_mu, dtype), jnp.asarray(moments, dtype), jnp.asarray(counts))
+
+
 def minibatch_indices(key: PRNGKey, num_data, batch_size: int) -> Int[Array, " batch_size"]:
     """`batch_size` row indices drawn uniformly with replacement from the first `num_data` rows.
 
@@ -122,6 +186,8 @@ def epoch_permutation(key: PRNGKey, dataset: Dataset) -> Int[Array, " n_max"]:
 
 __all__ = [
     "Dataset",
+    "SparseLimitStats",
+    "sparse_limit_stats",
     "sample_sparse_limit",
     "sample_sparse",
     "make_dataset",
