@@ -81,3 +81,18 @@ def test_empirical_crossing_interpolates_on_log_n():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_laplace_crossing_experiment_runs_and_agrees_with_the_formula(tmp_path):
+    from experiments import laplace_crossing
+
+    summary = laplace_crossing.main(["--out", str(tmp_path), "--sizes", "300"])
+    phases = {p.label: p for p in theory.catalogue_phases(6)}
+    F = theory.free_energies(300, [phases["5"], phases["6"]])
+    odds = summary["log_odds_6_vs_5"]
+    assert odds["leading_order"][0] == pytest.approx(float(F[0, 0] - F[0, 1]), rel=1e-9)
+    # The dead column's weighted volume is below 1 (a prior expectation of e^{-n ΔL} over a region
+    # where ΔL is mostly ≥ 0) and above the prior mass of its exactly flat part (≈ 0.014).
+    assert np.log(0.012) < odds["dead_column_log_volume"][0] < 0
+    assert np.isfinite(odds["laplace"][0]) and np.isfinite(odds["leading_order_data"][0])
+    assert (tmp_path / "log_odds.png").exists()

@@ -1,12 +1,20 @@
 """tmsjax: a JAX sampling engine for the Toy Model of Superposition and singular learning theory.
 
 The closed-form TMS potential and its k-gon critical points, vmapped SGD ensembles, SGLD local
-learning coefficients, blackjax NUTS posteriors across dataset sizes, the k-gon coarse-graining of
+learning coefficients, blackjax NUTS and tempered-SMC posteriors across dataset sizes, the k-gon coarse-graining of
 samples, free-energy theory, and weight-only phase-transition probes.
 """
 
 from tmsjax.critical import CriticalPoint, critical_points
-from tmsjax.data import Dataset, make_dataset, nested_datasets, sample_sparse, sample_sparse_limit
+from tmsjax.data import (
+    Dataset,
+    SparseLimitStats,
+    make_dataset,
+    nested_datasets,
+    sample_sparse,
+    sample_sparse_limit,
+    sparse_limit_stats,
+)
 from tmsjax.llc import LLCResult, estimate_llc, llc_along_training, llc_grid, verdict
 from tmsjax.model import TMSParams, empirical_loss, init_near_kgon, init_params, reconstruct
 from tmsjax.phases import canonicalize, classify, classify_batch, make_classifier, phase_labels
@@ -15,6 +23,7 @@ from tmsjax.posterior import log_density, posterior_log_density
 from tmsjax.potential import population_loss, potential
 from tmsjax.probes import compute_probes
 from tmsjax.sampling.nuts import make_chees_sweep, make_nuts_sweep
+from tmsjax.sampling.smc import make_smc_sweep
 from tmsjax.sgd import Trajectory, train
 from tmsjax.sharding import grid_mesh, shard_grid
 from tmsjax.theory import catalogue_phases, crossing, free_energy, theoretical_occupancy
@@ -25,6 +34,7 @@ __all__ = [
     "CriticalPoint",
     "Dataset",
     "LLCResult",
+    "SparseLimitStats",
     "TMSParams",
     "Trajectory",
     "analyse_runs",
@@ -49,6 +59,7 @@ __all__ = [
     "make_classifier",
     "make_dataset",
     "make_nuts_sweep",
+    "make_smc_sweep",
     "nested_datasets",
     "phase_labels",
     "population_loss",
@@ -58,6 +69,7 @@ __all__ = [
     "sample_sparse",
     "sample_sparse_limit",
     "shard_grid",
+    "sparse_limit_stats",
     "theoretical_occupancy",
     "train",
     "verdict",

@@ -116,7 +116,7 @@ def build_tempered_smc(
             rate = jnp.mean(info.update_info.acceptance_rate)
             return (
                 state,
-                step_size * jnp.exp(rate - target_acceptance_rate),
+                (step_size * jnp.exp(rate - target_acceptance_rate)).astype(step_size.dtype),
                 key,
                 step + 1,
                 log_evidence + info.log_likelihood_increment,
@@ -127,7 +127,8 @@ def build_tempered_smc(
 
         key_loop, key_final = jax.random.split(key)
         state = algorithm({}).init(particles)
-        carry = (state, jnp.asarray(initial_step_size, jnp.float32), key_loop, jnp.asarray(0), jnp.asarray(0.0),
+        dtype = jax.tree.leaves(particles)[0].dtype
+        carry = (state, jnp.asarray(initial_step_size, dtype), key_loop, jnp.asarray(0), jnp.asarray(0.0, dtype),
                  nan_trace, nan_trace, nan_trace)
         state, _, _, steps, log_evidence, betas, acceptance, sizes = jax.lax.while_loop(not_done, one_step, carry)
         # One more resampling turns the weighted particle set into equally weighted draws.
