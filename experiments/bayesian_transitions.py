@@ -8,7 +8,9 @@ Method (Chen et al. 2023 §5):
 
 - target: :math:`p_n(w) \propto \mathcal N(w; 0, I)\,e^{-nL_n(w)}` with the unhalved loss
   (:mod:`tmsjax.posterior`), on nested datasets: the first n points of one draw of n_max points from
-  the high-sparsity-limit distribution, padded and masked so every n runs in one compiled program;
+  the high-sparsity-limit distribution, padded and masked so every n runs in one compiled program
+  (by default as their exact sufficient statistics, :func:`tmsjax.data.sparse_limit_stats`: the same
+  likelihood at O(c² log n) per gradient; ``--likelihood rows`` evaluates it row by row);
 - sampler: blackjax NUTS with per-chain Stan window adaptation (:mod:`tmsjax.sampling.nuts`), vmapped
   over the (n, chain) grid, run in blocks of n values that are written to disk as they finish (a
   re-run resumes); ``--sampler chees`` runs ChEES-HMC instead (chains of one n share a trajectory
