@@ -18,7 +18,7 @@ from tmsjax.sampling.smc import make_smc_sweep
 MEANS = np.array([[-3.0, 0.0], [3.0, 0.5]])
 WEIGHTS = np.array([0.6, 0.4])
 S = 0.25
-REPLICATES = 8
+REPLICATES = 16  # enough runs for their spread to pin the standard error (8 gave se estimates off by 3x)
 PARTICLES = 2000
 
 
@@ -52,17 +52,22 @@ def test_mode_masses_and_evidence_match_closed_form(result):
     particles = np.asarray(result.particles)
     centres = MEANS / (1 + S**2)
     nearest = np.argmin(np.sum((particles[:, :, None, :] - centres) ** 2, -1), -1)
-    share = (nearest == 0).mean(axis=1)  # per replicate
-    # Replicates are independent runs: their spread is the Monte Carlo error of the mean.
-    se = share.std(ddof=1) / math.sqrt(REPLICATES)
-    assert abs(share.mean() - mass[0]) < 5 * se + 1e-3, (share, mass)
-    ev = np.asarray(result.log_evidence)
-    assert abs(ev.mean() - log_evidence) < 5 * ev.std(ddof=1) / math.sqrt(REPLICATES) + 1e-3, (ev, log_evidence)
-    # Within a mode the particles have the mode's mean and variance.
-    inside = particles[nearest == 0]
+    in_first = nearest == 0
     var = S**2 / (1 + S**2)
-    np.testing.assert_allclose(inside.mean(0), centres[0], atol=5 * math.sqrt(var / len(inside) * 20))
-    np.testing.assert_allclose(inside.var(0), var, rtol=0.1)
+    # Per replicate: the mode's mass, the log evidence, and the first mode's mean and variance.
+    # Replicates are independent runs, so their spread is the Monte Carlo error of their mean (resampled
+    # particles are correlated within a run; across runs they are not).
+    per_run = {
+        "mass": (in_first.mean(axis=1), mass[0]),
+        "log_evidence": (np.asarray(result.log_evidence), log_evidence),
+        "mean_x": (np.array([p[m, 0].mean() for p, m in zip(particles, in_first)]), centres[0, 0]),
+        "mean_y": (np.array([p[m, 1].mean() for p, m in zip(particles, in_first)]), centres[0, 1]),
+        "var_x": (np.array([p[m, 0].var() for p, m in zip(particles, in_first)]), var),
+    }
+    for name, (values, exact_value) in per_run.items():
+        se = values.std(ddof=1) / math.sqrt(REPLICATES)
+        # 5 standard errors: |t| > 5 with 15 degrees of freedom has probability ~2e-4.
+        assert abs(values.mean() - exact_value) < 5 * se, (name, values, exact_value)
     assert np.asarray(result.reached_target).all()
     steps = np.asarray(result.num_steps)
     betas = np.asarray(result.tempering)

@@ -85,7 +85,15 @@ def build_tempered_smc(
       target_acceptance_rate: the step size is multiplied by exp(acceptance − target) after each step.
       initial_step_size: HMC step size at β = 0 (in units of the particles' standard deviation).
       max_num_steps: tempering steps allowed before giving up (see ``reached_target``).
+
+    Raises:
+      ValueError: on a non-positive count, or a rate or target_ess outside (0, 1).
     """
+    _check_counts(num_mcmc_steps=num_mcmc_steps, num_integration_steps=num_integration_steps,
+                  max_num_steps=max_num_steps)
+    _check_settings(target_acceptance_rate=target_acceptance_rate, initial_step_size=initial_step_size)
+    if not (np.isfinite(target_ess) and 0 < target_ess < 1):
+        raise ValueError(f"target_ess must lie in (0, 1), got {target_ess!r}")
     hmc_kernel = blackjax.hmc.build_kernel()
 
     def mutation_step(key, state, logdensity_fn, step_size, inverse_mass_matrix):
@@ -151,36 +159,22 @@ def make_smc_sweep(
     logprior_fn: Callable[[PyTree], Float[Array, ""]],
     loglikelihood_fn: Callable[[PyTree, PyTree], Float[Array, ""]],
     *,
-    num_mcmc_steps: int = 10,
-    num_integration_steps: int = 10,
-    target_ess: float = 0.5,
-    target_acceptance_rate: float = 0.75,
-    initial_step_size: float = 0.1,
-    max_num_steps: int = 500,
     mesh: jax.sharding.Mesh | None = None,
+    **settings,
 ) -> Callable[[PRNGKey, PyTree, PyTree], SMCResult]:
     """A jitted SMC sweep ``(keys (G,), particles (G, num_particles, ...), data (G, ...)) -> SMCResult``.
 
     Every grid element (a target, e.g. one dataset size n, or one replicate of it) runs its own
-    tempering schedule; under vmap the loop runs until the slowest element reaches β = 1. Arguments as
-    in :func:`build_tempered_smc`; with a `mesh` the grid is sharded over its devices.
+    tempering schedule; under vmap the loop runs until the slowest element reaches β = 1. `settings`
+    are those of :func:`build_tempered_smc` (validated there); with a `mesh` the grid is sharded over
+    its devices.
 
     Raises (at call time):
       ValueError: if the grid axes disagree or the particles hold NaN.
       RuntimeError: if a run did not reach β = 1 in ``max_num_steps`` steps, or its particles or
         evidence are not finite (a diverged mutation kernel).
     """
-    _check_counts(num_mcmc_steps=num_mcmc_steps, num_integration_steps=num_integration_steps,
-                  max_num_steps=max_num_steps)
-    _check_settings(target_acceptance_rate=target_acceptance_rate, initial_step_size=initial_step_size)
-    if not (np.isfinite(target_ess) and 0 < target_ess < 1):
-        raise ValueError(f"target_ess must lie in (0, 1), got {target_ess!r}")
-    run = build_tempered_smc(
-        logprior_fn, loglikelihood_fn, num_mcmc_steps=num_mcmc_steps,
-        num_integration_steps=num_integration_steps, target_ess=target_ess,
-        target_acceptance_rate=target_acceptance_rate, initial_step_size=initial_step_size,
-        max_num_steps=max_num_steps,
-    )
+    run = build_tempered_smc(logprior_fn, loglikelihood_fn, **settings)
     checked = _with_grid_checks(jax.jit(jax.vmap(run)), mesh)
 
     def sweep(keys, particles, data):
@@ -188,8 +182,8 @@ def make_smc_sweep(
         reached = np.asarray(result.reached_target)
         if not reached.all():
             raise RuntimeError(
-                f"tempered SMC did not reach beta = 1 within max_num_steps={max_num_steps} for grid "
-                f"elements {np.flatnonzero(~reached).tolist()}: raise max_num_steps or lower target_ess"
+                f"tempered SMC did not reach beta = 1 within max_num_steps={result.tempering.shape[-1]} "
+                f"for grid elements {np.flatnonzero(~reached).tolist()}: raise max_num_steps or lower target_ess"
             )
         finite = np.isfinite(np.asarray(result.log_evidence))
         for leaf in jax.tree.leaves(result.particles):
