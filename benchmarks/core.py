@@ -18,10 +18,10 @@ import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
 from benchmarks.common import report, time_jax, time_python
-from tmsjax.data import sample_sparse_limit
-from tmsjax.model import TMSParams, loss
-from tmsjax.phases import classify_batch
-from tmsjax.potential import population_loss
+from tmsjax.tms.data import sample_sparse_limit
+from tmsjax.tms.model import TMSParams, loss
+from tmsjax.tms.phases import classify_batch
+from tmsjax.tms.potential import population_loss
 
 NAME = "core"
 

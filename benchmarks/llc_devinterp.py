@@ -29,10 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import report, time_jax
+from tmsjax.tms import losses
 from tmsjax import llc
-from tmsjax.critical import critical_points
-from tmsjax.data import make_dataset, sample_sparse_limit
-from tmsjax.model import TMSParams, init_near_kgon
+from tmsjax.tms.critical import critical_points
+from tmsjax.tms.data import make_dataset, sample_sparse_limit
+from tmsjax.tms.model import TMSParams, init_near_kgon
 
 NAME = "llc_devinterp"
 NUM_DATA, NUM_CHAINS, NUM_STEPS, STEP_SIZE, LOCALIZATION = 1000, 4, 500, 1e-3, 1.0
@@ -85,7 +86,7 @@ def run(quick: bool = False) -> list[dict]:
     repeat = 2 if quick else 5
 
     def single(key):
-        return llc.estimate_llc(key, llc.tms_loss, center, dataset, step_size=STEP_SIZE, localization=LOCALIZATION,
+        return llc.estimate_llc(key, losses.row_loss, center, dataset, step_size=STEP_SIZE, localization=LOCALIZATION,
                                 num_chains=NUM_CHAINS, num_steps=NUM_STEPS)
 
     first, steady = time_jax(single, jax.random.key(1), repeat=repeat)
@@ -98,7 +99,7 @@ def run(quick: bool = False) -> list[dict]:
     params = jax.tree.map(lambda *leaves: jnp.stack(leaves).reshape(NUM_RUNS, NUM_CHECKPOINTS, *leaves[0].shape), *centres)
 
     def along(key):
-        return llc.llc_along_training(key, llc.tms_loss, params, dataset, step_size=STEP_SIZE,
+        return llc.llc_along_training(key, losses.row_loss, params, dataset, step_size=STEP_SIZE,
                                       localization=LOCALIZATION, num_chains=NUM_CHAINS, num_steps=NUM_STEPS)
 
     along_first, along_steady = time_jax(along, jax.random.key(3), repeat=1 if quick else 3)

@@ -20,7 +20,7 @@ steady-state calls, compile = first − steady, reported apart. The baselines:
   this row includes numpyro's per-run compilation: it is what a user pays, not a kernel speed.
 
 Metric: ESS of ‖w‖² (rotation and permutation invariant, so it measures mixing within and between
-phases rather than along the O(2) ring no-one measures), per chain with tmsjax.diagnostics (blackjax's
+phases rather than along the O(2) ring no-one measures), per chain with tmsjax.sampling.diagnostics (blackjax's
 Geyer estimator; the same code for both sides), summed over chains and n; the log density's ESS is
 reported too. ESS/s = that sum / steady-state seconds; ``ratio`` = baseline_s / tmsjax_s and
 ``ess_per_s_ratio`` = (tmsjax ESS/s) / (baseline ESS/s) = speed-up at equal ESS.
@@ -52,10 +52,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import report
-from tmsjax import diagnostics
-from tmsjax.data import Dataset, nested_datasets, sample_sparse_limit, sparse_limit_stats
-from tmsjax.model import TMSParams, loss, sum_squared_error_from_stats
-from tmsjax.posterior import make_logdensity_fn
+from tmsjax.sampling import diagnostics
+from tmsjax.tms.data import Dataset, nested_datasets, sample_sparse_limit, sparse_limit_stats
+from tmsjax.tms.model import TMSParams, loss, sum_squared_error_from_stats
+from tmsjax.tms.posterior import make_logdensity_fn
 from tmsjax.sampling.nuts import lockstep_efficiency, make_nuts_sweep
 
 NAME = "nuts_sweep"

@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import report, time_jax
-from tmsjax.critical import critical_points
-from tmsjax.data import make_dataset, sample_sparse_limit
-from tmsjax.llc import LLCConfig, default_nbeta, sample_llc, tms_loss
-from tmsjax.model import TMSParams
+from tmsjax.tms.critical import critical_points
+from tmsjax.tms.data import make_dataset, sample_sparse_limit
+from tmsjax.llc import LLCConfig, default_nbeta, sample_llc
+from tmsjax.tms.losses import row_loss
+from tmsjax.tms.model import TMSParams
 
 NAME = "scaling"
 NUM_FEATURES, NUM_HIDDEN = 6, 2
@@ -32,7 +33,7 @@ NUM_FEATURES, NUM_HIDDEN = 6, 2
 def _run(key, center, data, *, num_chains, num_steps):
     config = LLCConfig(num_chains=num_chains, num_steps=num_steps, estimate_acceptance=False)
     nbeta = default_nbeta(data.num_data)
-    return sample_llc(key, center, data, nbeta, 1e-3, 1.0, loss_fn=tms_loss, config=config).llc
+    return sample_llc(key, center, data, nbeta, 1e-3, 1.0, loss_fn=row_loss, config=config).llc
 
 
 def _flops_per_chain_step(num_data):

@@ -2,7 +2,7 @@
 
 Workload: the paper's SGD protocol (TMS r = 2, c = 6, n = 1000, batch 20, lr 0.005, init near a
 4-gon), `runs` runs × `steps` steps with 20 log-spaced checkpoints. tmsjax: all runs in one jitted,
-vmapped program (:func:`tmsjax.sgd.train`). Baseline: the *same* runs (same keys, same initial
+vmapped program (:func:`tmsjax.tms.sgd.train`). Baseline: the *same* runs (same keys, same initial
 parameters, same data) trained one at a time in a Python loop, each a call of the same engine with
 one run (compiled once, reused); for the largest ensemble the loop time is extrapolated from the
 measured per-run time (marked in the row). Throughput is runs × steps / second. Compile time is
@@ -30,8 +30,8 @@ NAME = "sgd_ensemble"
 
 
 def _setup(num_runs):
-    from tmsjax.data import make_dataset, sample_sparse_limit
-    from tmsjax.sgd import init_kgon_ensemble
+    from tmsjax.tms.data import make_dataset, sample_sparse_limit
+    from tmsjax.tms.sgd import init_kgon_ensemble
 
     key_data, key_init, key_runs = jax.random.split(jax.random.key(0), 3)
     dataset = make_dataset(sample_sparse_limit(key_data, 1000, 6))
@@ -39,7 +39,7 @@ def _setup(num_runs):
 
 
 def _train(keys, params, dataset, num_steps):
-    from tmsjax.sgd import train
+    from tmsjax.tms.sgd import train
 
     result = train(keys, params, dataset, num_steps=num_steps, num_checkpoints=20, progress=False)
     return block(result.params)

@@ -7,9 +7,9 @@ the 6-gon where the free energy formula :math:`F_n \approx nL + \lambda\log n + 
 Method (Chen et al. 2023 §5):
 
 - target: :math:`p_n(w) \propto \mathcal N(w; 0, I)\,e^{-nL_n(w)}` with the unhalved loss
-  (:mod:`tmsjax.posterior`), on nested datasets: the first n points of one draw of n_max points from
+  (:mod:`tmsjax.tms.posterior`), on nested datasets: the first n points of one draw of n_max points from
   the high-sparsity-limit distribution, padded and masked so every n runs in one compiled program
-  (by default as their exact sufficient statistics, :func:`tmsjax.data.sparse_limit_stats`: the same
+  (by default as their exact sufficient statistics, :func:`tmsjax.tms.data.sparse_limit_stats`: the same
   likelihood at O(c² log n) per gradient; ``--likelihood rows`` evaluates it row by row);
 - sampler: blackjax NUTS with per-chain Stan window adaptation (:mod:`tmsjax.sampling.nuts`), vmapped
   over the (n, chain) grid, run in blocks of n values that are written to disk as they finish (a
@@ -17,16 +17,16 @@ Method (Chen et al. 2023 §5):
   length); ``--sampler smc`` runs adaptive tempered SMC from the prior (:mod:`tmsjax.sampling.smc`,
   ``--smc-replicates`` independent runs of ``--smc-particles`` per n), whose occupancies do not depend
   on chains crossing between phases: the check that the NUTS occupancies are the posterior's;
-- coarse-graining: every draw classified by :func:`tmsjax.phases.classify_batch` with
+- coarse-graining: every draw classified by :func:`tmsjax.tms.phases.classify_batch` with
   ``max_distance=inf`` (the paper's hull-vertex count plus bias signs: at n ≲ 1000 the posterior
   spread is comparable to the classifier's default distance cut, which would call most draws
   "unknown");
 - occupancy per phase and n with an error bar :math:`\sqrt{p(1-p)/\mathrm{ESS}}`, the multi-chain
-  (rank-normalised) ESS of the phase indicator (:func:`tmsjax.diagnostics.occupancy_with_error`):
+  (rank-normalised) ESS of the phase indicator (:func:`tmsjax.sampling.diagnostics.occupancy_with_error`):
   chains that stay put or disagree shrink it; for SMC the replicates play the chains and the
   resampled duplicates the autocorrelation;
 - theory: softmax of :math:`-F_n` over the catalogue phases with known λ (6, 5⁺, 5 at c = 6;
-  ``--llc-estimates`` adds 4-gons), crossings from :mod:`tmsjax.theory`.
+  ``--llc-estimates`` adds 4-gons), crossings from :mod:`tmsjax.tms.theory`.
 
 Initialisation (our choice, with reasons). Chains started from the prior N(0, I) spend most of a short
 warmup wandering through high-loss configurations (3-gons, 4-gons with silenced outputs) before the
@@ -80,12 +80,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tmsjax import diagnostics, theory
-from tmsjax.critical import critical_points
-from tmsjax.data import Dataset, nested_datasets, sample_sparse_limit, sparse_limit_stats
-from tmsjax.model import TMSParams
-from tmsjax.phases import canonicalize, classify_batch, phase_labels
-from tmsjax.posterior import make_logdensity_fn
+from tmsjax.sampling import diagnostics
+from tmsjax.tms import theory
+from tmsjax.tms.critical import critical_points
+from tmsjax.tms.data import Dataset, nested_datasets, sample_sparse_limit, sparse_limit_stats
+from tmsjax.tms.model import TMSParams
+from tmsjax.tms.phases import canonicalize, classify_batch, phase_labels
+from tmsjax.tms.posterior import make_logdensity_fn
 from tmsjax.results import ResultStore
 from tmsjax.sampling.nuts import lockstep_efficiency, make_chees_sweep, make_nuts_sweep
 
@@ -265,7 +266,7 @@ def run_smc_sweep(settings: dict, store: ResultStore, todo: list, progress: bool
     (n, replicate) runs of a block in one compiled program (tmsjax.sampling.smc)."""
     from tqdm.auto import tqdm
 
-    from tmsjax.posterior import log_likelihood, log_prior
+    from tmsjax.tms.posterior import log_likelihood, log_prior
     from tmsjax.sampling.smc import make_smc_sweep
 
     c = settings["num_features"]
@@ -484,7 +485,7 @@ def occupancy_figure(sizes, occupancy, errors, n_grid, theory_occupancy, tlabels
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from tmsjax.plotting import phase_colors, pretty_label
+    from tmsjax.tms.plotting import phase_colors, pretty_label
 
     colors = phase_colors(tlabels + ["unknown"])
     colors["other"] = colors["unknown"]
@@ -519,7 +520,7 @@ def tsne_figure(store, sizes, table, c, settings):
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
-    from tmsjax.plotting import phase_colors, pretty_label
+    from tmsjax.tms.plotting import phase_colors, pretty_label
 
     Ws, bs, ids = [], [], []
     for n in sizes:

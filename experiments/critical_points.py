@@ -16,8 +16,8 @@ Usage: python -m experiments.critical_points --out results/critical_points [--fe
 
 import argparse
 
-from tmsjax.critical import critical_points
-from tmsjax.plotting import energy_diagram
+from tmsjax.tms.critical import critical_points
+from tmsjax.tms.plotting import energy_diagram
 from tmsjax.results import ResultStore
 
 

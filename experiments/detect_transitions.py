@@ -2,16 +2,16 @@
 
 Question: Hoogland et al.'s hackathon seed ("Detecting phase transitions", 2023) stopped at "not yet"
 for lack of tasks with known transitions. Here four task families come with ground truth
-(:mod:`tmsjax.tasks`: TMS phase changes, graduated digits, modular-addition grokking with Omnigrok's α,
+(:mod:`tmsjax.transitions.tasks.base`: TMS phase changes, graduated digits, modular-addition grokking with Omnigrok's α,
 bounded Legendre polynomials) and null runs without transitions. Every weight-only probe
-(:mod:`tmsjax.probes`: weight norm, log product of top singular values, stable rank, mean top singular
-value, checkpoint speed, λ̂) is turned into transition steps by each detector (:mod:`tmsjax.detect`:
+(:mod:`tmsjax.transitions.probes`: weight norm, log product of top singular values, stable rank, mean top singular
+value, checkpoint speed, λ̂) is turned into transition steps by each detector (:mod:`tmsjax.transitions.changepoints`:
 PELT on the rate, binary segmentation on the level, the slope-sign rule), and scored by one-to-one
 matched F1 within a tolerance in decades of steps, with false positives on null runs, against the
 loss-only, evenly spaced and random baselines on the same runs.
 
 λ̂ health: every λ̂ estimate carries the LLC engine's verdicts (:mod:`tmsjax.llc`); non-finite and
-escaped estimates (and negative pooled ones) are excluded before detection (:func:`tmsjax.probes.llc_health`)
+escaped estimates (and negative pooled ones) are excluded before detection (:func:`tmsjax.transitions.probes.llc_health`)
 and counted in summary.json's ``llc_health``. The SGLD settings of the MLP families come from an
 ``llc_grid`` check (see ``LLC_MLP`` below).
 
@@ -127,7 +127,7 @@ def llc_checkpoints(steps, window, count) -> np.ndarray:
 
 
 def _probe_all_runs(params, edges):
-    from tmsjax import probes
+    from tmsjax.transitions import probes
 
     return jax.vmap(lambda p: probes.probe_trajectory(p, edges))(params)
 
@@ -139,7 +139,7 @@ _probe_all_runs_jit = jax.jit(_probe_all_runs)
 def probe_series(task, preset, key, use_llc):
     """Scalar probe series (runs, checkpoints) per probe name, histograms over time of run 0, the bin
     edges, and the λ̂ health (None without λ̂)."""
-    from tmsjax import probes
+    from tmsjax.transitions import probes
 
     params = task.params
     leaves = probes.parameter_leaves(jax.tree.map(lambda x: x[0], params))
@@ -185,18 +185,18 @@ def probe_series(task, preset, key, use_llc):
 
 def build_detectors(probe_names):
     """(name, probe, function(steps, values, window) -> Detection) for every probe × method."""
-    from tmsjax import detect
+    from tmsjax.transitions import changepoints
 
     detectors = []
     for probe in probe_names:
-        detectors.append((f"{probe}/pelt_rate", probe, lambda s, v, w: detect.detect_changepoints(s, v, window=w)))
-        detectors.append((f"{probe}/binseg_level", probe, lambda s, v, w: detect.detect_changepoints(s, v, window=w, method="binseg", signal="level")))
-        detectors.append((f"{probe}/slope_sign", probe, lambda s, v, w: detect.detect_slope_sign_changes(s, v, window=w)))
+        detectors.append((f"{probe}/pelt_rate", probe, lambda s, v, w: changepoints.detect_changepoints(s, v, window=w)))
+        detectors.append((f"{probe}/binseg_level", probe, lambda s, v, w: changepoints.detect_changepoints(s, v, window=w, method="binseg", signal="level")))
+        detectors.append((f"{probe}/slope_sign", probe, lambda s, v, w: changepoints.detect_slope_sign_changes(s, v, window=w)))
     return detectors
 
 
 def score_family(task, series, key):
-    from tmsjax import detect
+    from tmsjax.transitions import changepoints
 
     detectors = build_detectors([name for name in series if name != "loss"])
     detectors += [(f"baseline_loss/{name.split('/')[1]}", "loss", fn) for name, _, fn in build_detectors(["loss"])]
@@ -209,21 +209,21 @@ def score_family(task, series, key):
         for run in range(task.num_runs):
             values = series[probe][run]
             if np.sum(np.isfinite(values)) < 4:  # e.g. no usable λ̂ on this run: nothing to detect from
-                found.append(detect.Detection(np.zeros(0), np.zeros(0)))
+                found.append(changepoints.Detection(np.zeros(0), np.zeros(0)))
             else:  # any other ValueError is a bug and must surface
                 found.append(fn(task.steps, values, task.window))
         detections[name] = found
     keys = jax.random.split(key, task.num_runs)
-    detections["baseline_evenly_spaced"] = [detect.evenly_spaced(task.window, count) for _ in range(task.num_runs)]
-    detections["baseline_random"] = [detect.random_events(keys[r], task.window, count) for r in range(task.num_runs)]
+    detections["baseline_evenly_spaced"] = [changepoints.evenly_spaced(task.window, count) for _ in range(task.num_runs)]
+    detections["baseline_random"] = [changepoints.random_events(keys[r], task.window, count) for r in range(task.num_runs)]
     for name, found in detections.items():
-        scores = detect.score_detections([found[r] for r in np.flatnonzero(live)], [true[r] for r in np.flatnonzero(live)], TOLERANCES)
+        scores = changepoints.score_detections([found[r] for r in np.flatnonzero(live)], [true[r] for r in np.flatnonzero(live)], TOLERANCES)
         null_runs = [found[r] for r in np.flatnonzero(~live)]
         reference = list(TOLERANCES).index(REFERENCE_TOLERANCE)
         results[name] = dict(
             f1=float(scores.f1[reference]), precision=float(scores.precision[reference]), recall=float(scores.recall[reference]),
             f1_curve=scores.f1.tolist(), num_detected=scores.num_detected, num_true=scores.num_true,
-            false_positives_per_null_run=detect.false_positives_per_run(null_runs) if null_runs else None,
+            false_positives_per_null_run=changepoints.false_positives_per_run(null_runs) if null_runs else None,
         )
     return results, detections, count
 
@@ -285,8 +285,10 @@ def plot_f1_curves(store, table):
 
 def main(args):
     from tmsjax.results import ResultStore
-    from tmsjax.tasks import FAMILIES, make_task
+    from tmsjax.transitions.tasks import FAMILIES as GENERIC_FAMILIES
+    from tmsjax.tms.task import tms_runs
 
+    FAMILIES = {"tms": tms_runs, **GENERIC_FAMILIES}
     preset = dict(PRESETS[args.preset])
     if args.num_runs is not None:
         if args.num_runs < 1:
@@ -295,7 +297,7 @@ def main(args):
     families = [f for f in args.families.split(",") if f]
     for family in families:
         if family not in FAMILIES:
-            raise ValueError(f"--families: unknown family {family!r}; choose from {FAMILIES}")
+            raise ValueError(f"--families: unknown family {family!r}; choose from {tuple(FAMILIES)}")
     use_llc = preset["llc"] and not args.no_llc
     store = ResultStore(args.out)
     store.write_config(dict(preset=args.preset, families=families, seed=args.seed, llc=use_llc, tolerances=TOLERANCES,
@@ -306,7 +308,7 @@ def main(args):
     for index, family in enumerate(families):
         start = time.perf_counter()
         key_task, key_llc, key_score = jax.random.split(jax.random.fold_in(key, index), 3)
-        task = make_task(family, key_task, num_runs=preset["num_runs"], num_null=preset["num_null"], **preset["families"].get(family, {}))
+        task = FAMILIES[family](key_task, num_runs=preset["num_runs"], num_null=preset["num_null"], **preset["families"].get(family, {}))
         stage = {"tasks": time.perf_counter() - start}
         series, histogram, edges, health = probe_series(task, preset, key_llc, use_llc)
         stage["llc"] = health["seconds"] if health else 0.0

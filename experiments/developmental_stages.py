@@ -6,7 +6,7 @@ embeddings in the plane) rearrange from a square into a pentagon while the loss 
 energy level to the next.
 
 Method: train an ensemble exactly as :mod:`experiments.sgd_plateaus` (or read its
-``trajectory.npz`` with ``--from DIR``), find plateaus and paths with :mod:`tmsjax.plateaus`, and pick
+``trajectory.npz`` with ``--from DIR``), find plateaus and paths with :mod:`tmsjax.tms.plateaus`, and pick
 the run automatically: the most transitions on its path, ties broken by the most plateaus, then the
 lowest final loss (``--run`` overrides; seeds are never searched). The GIF (matplotlib + pillow)
 shows, per checkpoint,
@@ -103,7 +103,7 @@ def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, l
     import matplotlib.pyplot as plt
     from matplotlib.animation import FuncAnimation
 
-    from tmsjax.plotting import draw_energy_levels, pretty_label
+    from tmsjax.tms.plotting import draw_energy_levels, pretty_label
 
     steps, W, b, losses = (np.asarray(v) for v in (steps, W, b, losses))
     num_features = W.shape[-1]
@@ -268,8 +268,8 @@ def load_llc(path: Path, run: int, steps, population_loss, *, run_given: bool = 
 def main(args):
     from matplotlib.animation import PillowWriter
 
-    from tmsjax.critical import critical_points
-    from tmsjax.plateaus import analyse_runs
+    from tmsjax.tms.critical import critical_points
+    from tmsjax.tms.plateaus import analyse_runs
     from tmsjax.results import ResultStore
 
     store = ResultStore(args.out)
@@ -285,7 +285,7 @@ def main(args):
     if llc_path is not None:
         llc, llc_steps, llc_stderr, llc_note = load_llc(llc_path, run, steps, losses, run_given=args.run is not None)
         print(llc_note)
-    from tmsjax.plotting import pretty_label
+    from tmsjax.tms.plotting import pretty_label
 
     path = " → ".join(pretty_label(label) for label in analysis.runs[run].path)
     title = f"Developmental stages of TMS (c = {num_features}): run {run}, path {path}"

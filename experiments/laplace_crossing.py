@@ -34,11 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp
 
-from tmsjax.critical import critical_points
-from tmsjax.data import sample_sparse_limit
-from tmsjax.model import TMSParams, reconstruct
-from tmsjax.phases import DEAD_FRACTION, phase_labels
-from tmsjax.potential import population_loss
+from tmsjax.tms.critical import critical_points
+from tmsjax.tms.data import sample_sparse_limit
+from tmsjax.tms.model import TMSParams, reconstruct
+from tmsjax.tms.phases import DEAD_FRACTION, phase_labels
+from tmsjax.tms.potential import population_loss
 from tmsjax.results import ResultStore
 
 NUM_FEATURES = 6

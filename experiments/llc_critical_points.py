@@ -8,7 +8,7 @@ Method: for each n, one compiled call (:func:`tmsjax.llc.llc_along_training` wit
 catalogue points) estimates λ̂ with the empirical loss on the first n points of one draw (nested
 datasets), γ = 1, nβ = n / log n. Each n gets its own unpadded dataset (one compile per n, ~2 s):
 padding every n to the largest would triple the cost on CPU. A second call uses the exact potential
-(:func:`tmsjax.llc.potential_loss`) at large nβ. Theory: λ = (3k − 1)/2 + 3σ⁺/2 for 5 ≤ k ≤ 6;
+(:func:`tmsjax.tms.losses.potential_loss`) at large nβ. Theory: λ = (3k − 1)/2 + 3σ⁺/2 for 5 ≤ k ≤ 6;
 unknown for 4-gons.
 
 **Step size.** The discretisation bias of SGLD grows with εk, k ≈ nβ × (Hessian eigenvalue), so a
@@ -40,10 +40,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import fill_from_preset
+from tmsjax.tms import losses
 from tmsjax import llc
-from tmsjax.critical import critical_points
-from tmsjax.data import make_dataset, sample_sparse_limit
-from tmsjax.model import TMSParams
+from tmsjax.tms.critical import critical_points
+from tmsjax.tms.data import make_dataset, sample_sparse_limit
+from tmsjax.tms.model import TMSParams
 from tmsjax.results import ResultStore
 
 PRESETS = {
@@ -113,7 +114,7 @@ def main(args):
         step_sizes.append(step_size_for(nbeta, args))
         # The first n rows of one draw: nested datasets, as a growing real dataset.
         finite.append(llc.llc_along_training(
-            jax.random.fold_in(key_n, n), llc.tms_loss, centers, make_dataset(x[:n]), step_size=step_sizes[-1],
+            jax.random.fold_in(key_n, n), losses.row_loss, centers, make_dataset(x[:n]), step_size=step_sizes[-1],
             localization=args.localization, num_chains=args.num_chains, num_steps=args.num_steps, num_burnin=args.num_burnin,
         ))
     finite = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *finite)  # (sizes, points, ...)
@@ -123,7 +124,7 @@ def main(args):
     nbeta = args.population_nbeta
     step_size = scaled_step_size(args.step_size, args.reference_n, nbeta)
     population = llc.llc_along_training(
-        key_pop, llc.potential_loss, centers, None, nbeta=nbeta, step_size=step_size,
+        key_pop, losses.potential_loss, centers, None, nbeta=nbeta, step_size=step_size,
         localization=args.localization, num_chains=args.num_chains, num_steps=4 * args.num_steps,
         num_burnin=4 * args.num_burnin,
     )

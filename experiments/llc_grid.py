@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import fill_from_preset
+from tmsjax.tms import losses
 from tmsjax import llc
-from tmsjax.critical import critical_points
-from tmsjax.data import make_dataset, sample_sparse_limit
-from tmsjax.model import TMSParams
+from tmsjax.tms.critical import critical_points
+from tmsjax.tms.data import make_dataset, sample_sparse_limit
+from tmsjax.tms.model import TMSParams
 from tmsjax.results import ResultStore
 
 PRESETS = {
@@ -64,7 +65,7 @@ def main(args):
     dataset = make_dataset(sample_sparse_limit(key_data, args.num_data, 6))
     center = TMSParams(jnp.asarray(point.W, jnp.float32), jnp.asarray(point.b, jnp.float32))
     grid = llc.llc_grid(
-        key_grid, llc.tms_loss, center, dataset, step_sizes=args.step_sizes, localizations=args.localizations,
+        key_grid, losses.row_loss, center, dataset, step_sizes=args.step_sizes, localizations=args.localizations,
         num_chains=args.num_chains, num_steps=args.num_steps, num_burnin=args.num_burnin,
     )
     value, error = np.asarray(grid.result.llc[..., 0]), np.asarray(grid.result.stderr[..., 0])

@@ -11,7 +11,7 @@ Method:
   here with the same code and seed, or read from an existing sgd_plateaus output (``--from DIR``: its
   ``trajectory.npz``; the dataset is rebuilt from its ``config.json`` and checked against the
   recorded train losses).
-- **Plateaus and transitions**: :func:`tmsjax.plateaus.analyse_runs` on the exact potential (the same
+- **Plateaus and transitions**: :func:`tmsjax.tms.plateaus.analyse_runs` on the exact potential (the same
   detector and thresholds as sgd_plateaus). An *observed transition* is a pair of consecutive plateaus
   of one run; the initial phase (the level nearest the loss at step 0) is no plateau and no
   critical point, so moves out of it are not BAH rows.
@@ -58,8 +58,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import fill_from_preset
+from tmsjax.tms import losses
 from tmsjax import llc
-from tmsjax.model import TMSParams
+from tmsjax.tms.model import TMSParams
 from tmsjax.results import ResultStore
 
 PRESETS = {
@@ -114,7 +115,7 @@ def ensemble_argv(args) -> list[str]:
 
 def rebuild_dataset(settings: dict):
     """The dataset an sgd_plateaus run trained on, from its settings (the same keys as run_ensemble)."""
-    from tmsjax.data import make_dataset, sample_sparse_limit
+    from tmsjax.tms.data import make_dataset, sample_sparse_limit
 
     key_data, _, _ = jax.random.split(jax.random.key(settings["seed"]), 3)
     return make_dataset(sample_sparse_limit(key_data, settings["num_data"], settings["features"]))
@@ -158,7 +159,7 @@ def check_dataset(arrays, dataset) -> float:
     finite = np.isfinite(recorded)
     if not finite.any():
         return 0.0
-    recomputed = jax.vmap(llc.tms_loss, in_axes=(0, None))(TMSParams(jnp.asarray(W[finite]), jnp.asarray(b[finite])), dataset)
+    recomputed = jax.vmap(losses.row_loss, in_axes=(0, None))(TMSParams(jnp.asarray(W[finite]), jnp.asarray(b[finite])), dataset)
     error = float(np.max(np.abs(np.asarray(recomputed) - recorded[finite])))
     if error > 1e-4 * max(1.0, float(np.max(np.abs(recorded[finite])))):
         raise ValueError(f"the rebuilt dataset does not reproduce the recorded train losses (max error {error:.2e}): "
@@ -314,7 +315,7 @@ def runs_to_show(analysis, moving, controls, limit: int = 4) -> list[int]:
 def plot_staircases(store, arrays, analysis, selected, checkpoints, llc_hat, stderr, usable, shown, points, settings):
     import matplotlib.pyplot as plt
 
-    from tmsjax.plotting import phase_colors, pretty_label
+    from tmsjax.tms.plotting import phase_colors, pretty_label
 
     steps = np.asarray(arrays["steps"])
     x = np.maximum(steps, 1)
@@ -375,7 +376,7 @@ def plot_staircases(store, arrays, analysis, selected, checkpoints, llc_hat, std
 def plot_loss_vs_complexity(store, points, rows, by_label):
     import matplotlib.pyplot as plt
 
-    from tmsjax.plotting import pretty_label
+    from tmsjax.tms.plotting import pretty_label
 
     figure, axis = plt.subplots(figsize=(8, 5.5))
     visited = set(by_label)
@@ -427,8 +428,8 @@ def plot_loss_vs_complexity(store, points, rows, by_label):
 
 
 def main(args):
-    from tmsjax.critical import critical_points
-    from tmsjax.plateaus import analyse_runs
+    from tmsjax.tms.critical import critical_points
+    from tmsjax.tms.plateaus import analyse_runs
 
     store = ResultStore(args.out)
     store.write_config({k: v for k, v in vars(args).items() if k not in ("out", "no_progress")})
@@ -451,7 +452,7 @@ def main(args):
     else:
         centers = TMSParams(jnp.asarray(arrays["W"][selected][:, checkpoints]), jnp.asarray(arrays["b"][selected][:, checkpoints]))
         result = llc.llc_along_training(
-            jax.random.key(args.llc_seed), llc.tms_loss, centers, dataset, step_size=args.step_size,
+            jax.random.key(args.llc_seed), losses.row_loss, centers, dataset, step_size=args.step_size,
             localization=args.localization, num_chains=args.num_chains, num_steps=args.llc_steps,
         )
         llc_hat, stderr = np.asarray(result.llc), np.asarray(result.stderr)

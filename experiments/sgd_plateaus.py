@@ -7,14 +7,14 @@ such as 4 → 4⁺ → 5 (never 5 → 6). Do we see the same, and how often?
 
 Method:
 
-- an ensemble of runs in one jitted, vmapped program (:func:`tmsjax.sgd.train`): each run its own
+- an ensemble of runs in one jitted, vmapped program (:func:`tmsjax.tms.sgd.train`): each run its own
   initialisation near a 4-gon (radius U[0.9, 1], random rotation and feature order, N(0, 0.01²) noise,
   biases U[−0.01, 0.01]) and its own minibatch stream, all on one dataset of n = 1000 draws from the
   high-sparsity-limit distribution; plain SGD, batch 20, learning rate 0.005, 225 000 steps
   (4500 epochs); checkpoints on a log-spaced schedule (parameters, L_n, exact potential L);
-- every checkpoint classified by :func:`tmsjax.phases.classify_batch` (geometry);
+- every checkpoint classified by :func:`tmsjax.tms.phases.classify_batch` (geometry);
 - plateaus found from the exact potential alone, then compared with the catalogue levels, and paths,
-  the transition graph and final phases assembled by :mod:`tmsjax.plateaus` (thresholds there);
+  the transition graph and final phases assembled by :mod:`tmsjax.tms.plateaus` (thresholds there);
 - ``--objective population`` trains on the exact potential (the n → ∞ limit) instead.
 
 Writes ``DIR/config.json``, ``DIR/trajectory.npz`` (steps, W, b, train and exact losses, phase ids:
@@ -80,9 +80,9 @@ def settings(args) -> dict:
 
 def run_ensemble(args, store=None):
     """Trains the ensemble described by `args`; returns (Trajectory, phase ids (runs, T), labels)."""
-    from tmsjax.data import make_dataset, sample_sparse_limit
-    from tmsjax.phases import classify_batch
-    from tmsjax.sgd import init_kgon_ensemble, train
+    from tmsjax.tms.data import make_dataset, sample_sparse_limit
+    from tmsjax.tms.phases import classify_batch
+    from tmsjax.tms.sgd import init_kgon_ensemble, train
 
     key = jax.random.key(args.seed)
     key_data, key_init, key_runs = jax.random.split(key, 3)
@@ -114,7 +114,7 @@ def loss_figure(steps, losses, analysis, critical_points, title):
     """Loss curves against steps (log x), coloured by final phase, with the energy levels named."""
     import matplotlib.pyplot as plt
 
-    from tmsjax.plotting import draw_energy_levels, pretty_label
+    from tmsjax.tms.plotting import draw_energy_levels, pretty_label
 
     finals = [run.final_label for run in analysis.runs]
     order = [p.label for p in critical_points] + ["unknown", "diverged"]
@@ -149,7 +149,7 @@ def transition_graph_figure(analysis, critical_points, title):
     """Phases as nodes at their energy level (one column per k), arrows weighted by transition counts."""
     import matplotlib.pyplot as plt
 
-    from tmsjax.plotting import phase_colors, pretty_label
+    from tmsjax.tms.plotting import phase_colors, pretty_label
 
     counts = analysis.transition_counts(include_initial=True)
     visits = {}
@@ -201,8 +201,8 @@ def transition_graph_figure(analysis, critical_points, title):
 
 
 def main(args):
-    from tmsjax.critical import critical_points
-    from tmsjax.plateaus import analyse_runs
+    from tmsjax.tms.critical import critical_points
+    from tmsjax.tms.plateaus import analyse_runs
     from tmsjax.results import ResultStore
 
     store = ResultStore(args.out)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tmsjax
-from tmsjax.critical import critical_points, expected_loss, solve_kgon
+from tmsjax.tms.critical import critical_points, expected_loss, solve_kgon
 
 # The 18 losses of the c = 6 catalogue as printed in Chen et al. (2023) (PAPER_NOTES §3).
 PAPER_LOSSES_C6 = {
@@ -52,7 +52,7 @@ def test_other_feature_counts(c):
         if p.llc is not None:
             assert p.hessian_rank == 2 * p.llc and p.num_negative == 0
         elif p.k >= 5:
-            # σ⁺ with negative-bias dead columns left over: a saddle (see tmsjax.critical).
+            # σ⁺ with negative-bias dead columns left over: a saddle (see tmsjax.tms.critical).
             assert p.sigma_plus >= 1 and p.k + p.sigma_plus < c and p.num_negative == 2
 
 
@@ -69,7 +69,7 @@ def test_dead_positive_bias_lowers_loss_by_quarter_c_squared():
 
 def test_catalogue_points_are_consistent_with_potential():
     for p in critical_points(6):
-        assert float(tmsjax.potential(p.W.astype(np.float32), p.b.astype(np.float32))) == pytest.approx(p.loss, rel=1e-5)
+        assert float(tmsjax.tms.potential(p.W.astype(np.float32), p.b.astype(np.float32))) == pytest.approx(p.loss, rel=1e-5)
 
 
 def test_expected_loss_and_solve_reject_impossible_polygons():

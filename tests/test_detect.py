@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from tmsjax import detect
+from tmsjax.transitions import changepoints
 
 STEPS = np.unique(np.round(np.geomspace(1, 1e4, 150)))
 U = np.log10(STEPS)
@@ -18,7 +18,7 @@ def _sigmoid(center, width=0.03):
 def test_finds_an_injected_step_on_a_drift(method, signal):
     rng = np.random.default_rng(0)
     series = _sigmoid(2.5) + 0.1 * U + 0.01 * rng.normal(size=U.size)
-    found = detect.detect_changepoints(STEPS, series, method=method, signal=signal, window=(10, 1e4))
+    found = changepoints.detect_changepoints(STEPS, series, method=method, signal=signal, window=(10, 1e4))
     assert found.steps.size >= 1
     nearest = np.min(np.abs(np.log10(found.steps) - 2.5))
     assert nearest < 0.1
@@ -28,10 +28,10 @@ def test_finds_an_injected_step_on_a_drift(method, signal):
 def test_rate_detector_finds_two_steps_and_nothing_on_a_drift():
     rng = np.random.default_rng(1)
     two = _sigmoid(1.5) + _sigmoid(3.0, 0.05) + 0.02 * rng.normal(size=U.size)
-    found = detect.detect_changepoints(STEPS, two, window=(10, 1e4))
+    found = changepoints.detect_changepoints(STEPS, two, window=(10, 1e4))
     np.testing.assert_allclose(np.log10(found.steps), [1.5, 3.0], atol=0.1)
     drift = 0.3 * U + 0.02 * rng.normal(size=U.size)
-    assert detect.detect_changepoints(STEPS, drift, window=(10, 1e4)).steps.size == 0
+    assert changepoints.detect_changepoints(STEPS, drift, window=(10, 1e4)).steps.size == 0
 
 
 @pytest.mark.parametrize("window", [None, (10, 1e4), (30, 3000)])
@@ -40,15 +40,15 @@ def test_series_linear_in_log_step_gives_no_detection(window, method, signal):
     # A straight line in log-step has a constant rate: no transition anywhere, window edges included
     # (smoothing on the window alone bends the line at its edges and used to fire there).
     line = 2.0 - 0.7 * U
-    assert detect.detect_changepoints(STEPS, line, window=window, method=method, signal=signal).steps.size == 0
-    assert detect.detect_slope_sign_changes(STEPS, line, window=window).steps.size == 0
+    assert changepoints.detect_changepoints(STEPS, line, window=window, method=method, signal=signal).steps.size == 0
+    assert changepoints.detect_slope_sign_changes(STEPS, line, window=window).steps.size == 0
 
 
 def test_slope_sign_rule_finds_the_peak_of_a_bump():
     bump = np.exp(-((U - 2.0) ** 2) / (2 * 0.3**2))
-    found = detect.detect_slope_sign_changes(STEPS, bump)
+    found = changepoints.detect_slope_sign_changes(STEPS, bump)
     np.testing.assert_allclose(np.log10(found.steps), [2.0], atol=0.05)
-    assert detect.detect_slope_sign_changes(STEPS, U).steps.size == 0  # monotone: no stage boundary
+    assert changepoints.detect_slope_sign_changes(STEPS, U).steps.size == 0  # monotone: no stage boundary
 
 
 @pytest.mark.parametrize(
@@ -68,28 +68,28 @@ def test_slope_sign_rule_finds_the_peak_of_a_bump():
     ],
 )
 def test_match_events_hand_made(detected, true, tolerance, matched):
-    assert detect.match_events(detected, true, tolerance) == matched
+    assert changepoints.match_events(detected, true, tolerance) == matched
 
 
 def test_score_detections_precision_recall_f1():
-    scores = detect.score_detections([[100, 1000, 5000], []], [[100, 1000], [300]], tolerances=[0.01, 1.0])
+    scores = changepoints.score_detections([[100, 1000, 5000], []], [[100, 1000], [300]], tolerances=[0.01, 1.0])
     # τ = 0.01: 2 matches of 3 detections and 3 truths; τ = 1: 5000 matches 300? no, 300 is in run 2.
     np.testing.assert_allclose(scores.precision, [2 / 3, 2 / 3])
     np.testing.assert_allclose(scores.recall, [2 / 3, 2 / 3])
     np.testing.assert_allclose(scores.f1, [2 / 3, 2 / 3])
-    empty = detect.score_detections([[]], [[100]], tolerances=[0.1])
+    empty = changepoints.score_detections([[]], [[100]], tolerances=[0.1])
     assert empty.precision[0] == 0 and empty.f1[0] == 0
-    assert detect.false_positives_per_run([[10, 20], []]) == 1.0
+    assert changepoints.false_positives_per_run([[10, 20], []]) == 1.0
 
 
 def test_baselines(key):
-    even = detect.evenly_spaced((10, 1e4), 2)
+    even = changepoints.evenly_spaced((10, 1e4), 2)
     np.testing.assert_allclose(np.log10(even.steps), [2.0, 3.0])
-    random = detect.random_events(key, (10, 1e4), 5)
+    random = changepoints.random_events(key, (10, 1e4), 5)
     assert random.steps.size == 5 and np.all((random.steps >= 10) & (random.steps <= 1e4))
-    again = detect.random_events(key, (10, 1e4), 5)
+    again = changepoints.random_events(key, (10, 1e4), 5)
     np.testing.assert_array_equal(random.steps, again.steps)
-    assert detect.random_events(jax.random.fold_in(key, 1), (10, 1e4), 5).steps[0] != random.steps[0]
+    assert changepoints.random_events(jax.random.fold_in(key, 1), (10, 1e4), 5).steps[0] != random.steps[0]
 
 
 @pytest.mark.parametrize(
@@ -108,22 +108,22 @@ def test_bad_inputs_raise_value_error(kwargs, name):
     arguments.update({k: v for k, v in kwargs.items() if k in ("steps", "values")})
     options = {k: v for k, v in kwargs.items() if k not in ("steps", "values")}
     with pytest.raises(ValueError, match=name):
-        detect.detect_changepoints(arguments["steps"], arguments["values"], **options)
+        changepoints.detect_changepoints(arguments["steps"], arguments["values"], **options)
 
 
 @pytest.mark.parametrize(
     "call, name",
     [
-        (lambda: detect.detect_changepoints(STEPS, U, smoothing=-0.1), "smoothing"),
-        (lambda: detect.detect_changepoints(STEPS, U, min_separation=-0.1), "min_separation"),
-        (lambda: detect.detect_changepoints(STEPS, U, num_points=4), "num_points"),
-        (lambda: detect.detect_slope_sign_changes(STEPS, U, num_points=1), "num_points"),
-        (lambda: detect.detect_slope_sign_changes(STEPS, U, smoothing=-1.0), "smoothing"),
-        (lambda: detect.log_grid(STEPS, U, num_points=1), "num_points"),
-        (lambda: detect.evenly_spaced((10, 100), None), "count"),
-        (lambda: detect.random_events(jax.random.key(0), (10, 100), None), "count"),
-        (lambda: detect.evenly_spaced((10, 100), -1), "count"),
-        (lambda: detect.evenly_spaced((100, 10), 2), "window"),
+        (lambda: changepoints.detect_changepoints(STEPS, U, smoothing=-0.1), "smoothing"),
+        (lambda: changepoints.detect_changepoints(STEPS, U, min_separation=-0.1), "min_separation"),
+        (lambda: changepoints.detect_changepoints(STEPS, U, num_points=4), "num_points"),
+        (lambda: changepoints.detect_slope_sign_changes(STEPS, U, num_points=1), "num_points"),
+        (lambda: changepoints.detect_slope_sign_changes(STEPS, U, smoothing=-1.0), "smoothing"),
+        (lambda: changepoints.log_grid(STEPS, U, num_points=1), "num_points"),
+        (lambda: changepoints.evenly_spaced((10, 100), None), "count"),
+        (lambda: changepoints.random_events(jax.random.key(0), (10, 100), None), "count"),
+        (lambda: changepoints.evenly_spaced((10, 100), -1), "count"),
+        (lambda: changepoints.evenly_spaced((100, 10), 2), "window"),
     ],
 )
 def test_bad_arguments_of_other_entry_points(call, name):

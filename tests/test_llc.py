@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from scipy import integrate
 
+from tmsjax.tms import losses
 from tmsjax import llc
-from tmsjax.critical import critical_points
-from tmsjax.data import make_dataset, sample_sparse_limit
-from tmsjax.model import TMSParams
+from tmsjax.tms.critical import critical_points
+from tmsjax.tms.data import make_dataset, sample_sparse_limit
+from tmsjax.tms.model import TMSParams
 
 
 def squared_norm(w, data):
@@ -135,7 +136,7 @@ def test_llc_on_exact_tms_potential_within_five_percent(key, x64):
         jnp.asarray(np.stack([p.W for p in points]))[None], jnp.asarray(np.stack([p.b for p in points]))[None]
     )
     result = llc.llc_along_training(
-        key, llc.potential_loss, centers, None, nbeta=1e5, step_size=5e-7, localization=10.0,
+        key, losses.potential_loss, centers, None, nbeta=1e5, step_size=5e-7, localization=10.0,
         num_chains=16, num_steps=60_000, num_burnin=10_000, thinning=10,
     )
     verdicts = llc.grid_verdicts(result)
@@ -151,7 +152,7 @@ def test_paper_protocol_on_tms_dataset(key):
     point = critical_points(6)[0]
     dataset = make_dataset(sample_sparse_limit(key, 1000, 6))
     center = TMSParams(jnp.asarray(point.W, jnp.float32), jnp.asarray(point.b, jnp.float32))
-    result = llc.estimate_llc(jax.random.fold_in(key, 1), llc.tms_loss, center, dataset)
+    result = llc.estimate_llc(jax.random.fold_in(key, 1), losses.row_loss, center, dataset)
     np.testing.assert_allclose(float(result.nbeta), 1000 / np.log(1000), rtol=1e-6)
     assert result.loss_trace.shape == (4, 500)
     assert np.all(np.isfinite(result.loss_trace))
@@ -262,13 +263,13 @@ def test_along_training_equals_looped_estimates_and_compiles_once(key):
 
 
 def test_along_training_with_a_dataset_per_run(key):
-    from tmsjax.data import nested_datasets
+    from tmsjax.tms.data import nested_datasets
 
     point = critical_points(6)[0]
     W = jnp.broadcast_to(jnp.asarray(point.W, jnp.float32), (2, 2, 2, 6))
     b = jnp.broadcast_to(jnp.asarray(point.b, jnp.float32), (2, 2, 6))
     datasets = nested_datasets(sample_sparse_limit(key, 100, 6), [50, 100])
-    result = llc.llc_along_training(key, llc.tms_loss, TMSParams(W, b), datasets, data_per_run=True, num_steps=20)
+    result = llc.llc_along_training(key, losses.row_loss, TMSParams(W, b), datasets, data_per_run=True, num_steps=20)
     np.testing.assert_allclose(result.nbeta[:, 0], [50 / np.log(50), 100 / np.log(100)], rtol=1e-5)
     assert result.llc.shape == (2, 2)
 

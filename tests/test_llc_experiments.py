@@ -103,7 +103,7 @@ def test_llc_trajectories_trains_its_own_ensemble(tmp_path):
 
 def test_bah_rows_on_hand_made_plateaus():
     from experiments.llc_trajectories import bah_rows, llc_by_label
-    from tmsjax.critical import critical_points
+    from tmsjax.tms.critical import critical_points
 
     def plateau(label, loss, value, error, escaped=0):
         return {"label": label, "start_step": 0, "stop_step": 1, "train_loss": loss, "population_loss": loss,

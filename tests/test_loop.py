@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tmsjax.loop import arrays_to_tree, concatenate_chunks, run_chunked, tree_to_arrays
+from tmsjax.training.loop import arrays_to_tree, concatenate_chunks, run_chunked, tree_to_arrays
 from tmsjax.results import ResultStore
 
 

@@ -6,19 +6,20 @@ import numpy as np
 import pytest
 
 import tmsjax
-from tmsjax.data import epoch_permutation, sample_minibatch
-from tmsjax.model import TMSParams, loss
+from tmsjax import tms
+from tmsjax.tms.data import epoch_permutation, sample_minibatch
+from tmsjax.tms.model import TMSParams, loss
 
 
 def test_empirical_loss_definition(key):
-    x = tmsjax.sample_sparse_limit(key, 50, 6)
-    params = tmsjax.init_params(jax.random.key(1), 6, bias_scale=0.1)
+    x = tms.sample_sparse_limit(key, 50, 6)
+    params = tms.init_params(jax.random.key(1), 6, bias_scale=0.1)
     manual = np.mean(np.sum((np.asarray(x) - np.maximum(np.asarray(x) @ params.W.T @ params.W + params.b, 0)) ** 2, 1))
-    assert float(tmsjax.empirical_loss(params.W, params.b, x)) == pytest.approx(manual, rel=1e-5)
+    assert float(tms.empirical_loss(params.W, params.b, x)) == pytest.approx(manual, rel=1e-5)
 
 
 def test_sparse_limit_data_shape(key):
-    x = np.asarray(tmsjax.sample_sparse_limit(key, 10_000, 6))
+    x = np.asarray(tms.sample_sparse_limit(key, 10_000, 6))
     assert x.shape == (10_000, 6)
     assert np.all(np.sum(x > 0, axis=1) <= 1) and np.all((x >= 0) & (x <= 1))
     counts = np.bincount(np.argmax(x, 1), minlength=6)
@@ -27,33 +28,33 @@ def test_sparse_limit_data_shape(key):
 
 def test_sparse_data_feature_probability(key):
     p = np.array([0.05, 0.1, 0.2, 0.5])
-    x = np.asarray(tmsjax.sample_sparse(key, 20_000, 4, p))
+    x = np.asarray(tms.sample_sparse(key, 20_000, 4, p))
     observed = np.mean(x > 0, axis=0)
     assert np.all(np.abs(observed - p) < 5 * np.sqrt(p * (1 - p) / 20_000))
     with pytest.raises(ValueError, match="feature_probability"):
-        tmsjax.sample_sparse(key, 10, 4, 1.5)
+        tms.sample_sparse(key, 10, 4, 1.5)
 
 
 def test_masked_loss_equals_loss_on_prefix(key):
-    x = tmsjax.sample_sparse_limit(key, 300, 6)
-    params = tmsjax.init_near_kgon(jax.random.key(2), 4, 6)
-    datasets = tmsjax.nested_datasets(x, [10, 100, 300])
+    x = tms.sample_sparse_limit(key, 300, 6)
+    params = tms.init_near_kgon(jax.random.key(2), 4, 6)
+    datasets = tms.nested_datasets(x, [10, 100, 300])
     losses = jax.vmap(lambda d: loss(params, d.x, d.mask))(datasets)
     for n, value in zip([10, 100, 300], losses):
         assert float(value) == pytest.approx(float(loss(params, x[:n])), rel=1e-5)
-    padded = tmsjax.make_dataset(x[:100], n_max=300)
+    padded = tms.make_dataset(x[:100], n_max=300)
     assert float(loss(params, padded.x, padded.mask)) == pytest.approx(float(losses[1]), rel=1e-6)
 
 
 def test_importance_weights(key):
-    x = tmsjax.sample_sparse_limit(key, 100, 3)
+    x = tms.sample_sparse_limit(key, 100, 3)
     params = TMSParams(jnp.zeros((2, 3)), jnp.zeros(3))
     assert float(loss(params, x, importance=jnp.array([1.0, 0.0, 0.0]))) == pytest.approx(float(jnp.mean(x[:, 0] ** 2)))
 
 
 def test_minibatches_respect_mask(key):
     x = jnp.arange(40.0).reshape(20, 2)
-    dataset = tmsjax.make_dataset(x[:7], n_max=20)
+    dataset = tms.make_dataset(x[:7], n_max=20)
     batch = sample_minibatch(key, dataset, 1000)
     assert set(np.unique(np.asarray(batch[:, 0]))) == set(np.asarray(x[:7, 0]).tolist())
     order = np.asarray(epoch_permutation(key, dataset))
@@ -61,28 +62,28 @@ def test_minibatches_respect_mask(key):
 
 
 def test_init_near_kgon_is_near_kgon(key):
-    params = tmsjax.init_near_kgon(key, 4, 6, radius=1.0, noise=0.0, bias=0.0)
+    params = tms.init_near_kgon(key, 4, 6, radius=1.0, noise=0.0, bias=0.0)
     norms = np.linalg.norm(np.asarray(params.W), axis=0)
     assert np.sum(norms > 0.5) == 4 and np.allclose(norms[norms > 0.5], 1.0, atol=1e-6)
-    assert tmsjax.classify(params.W, params.b).label == "4"
+    assert tms.classify(params.W, params.b).label == "4"
 
 
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: tmsjax.sample_sparse_limit(jax.random.key(0), 0, 6), "num_data"),
-        (lambda: tmsjax.nested_datasets(np.zeros((5, 3)), [2, 0]), "sizes"),
-        (lambda: tmsjax.nested_datasets(np.zeros((5, 3)), [2, 9]), "exceed"),
-        (lambda: tmsjax.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 5))), "features"),
-        (lambda: tmsjax.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 3)), np.zeros(4, bool)), "no data"),
-        (lambda: tmsjax.init_near_kgon(jax.random.key(0), 7, 6), "k=7"),
-        (lambda: tmsjax.init_near_kgon(jax.random.key(0), 4, 6, radius=np.nan), "radius"),
-        (lambda: tmsjax.init_near_kgon(jax.random.key(0), 4, 6, radius=(1.0, 0.5)), "radius"),
-        (lambda: tmsjax.init_params(jax.random.key(0), 6, scale=np.nan), "scale"),
-        (lambda: tmsjax.sample_sparse(jax.random.key(0), 10, 4, np.nan), "feature_probability"),
-        (lambda: tmsjax.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 3)), np.arange(4)), "boolean"),
-        (lambda: tmsjax.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.full((4, 3), np.nan)), "x contains NaN"),
-        (lambda: tmsjax.make_dataset(np.full((4, 3), np.nan)), "x contains NaN"),
+        (lambda: tms.sample_sparse_limit(jax.random.key(0), 0, 6), "num_data"),
+        (lambda: tms.nested_datasets(np.zeros((5, 3)), [2, 0]), "sizes"),
+        (lambda: tms.nested_datasets(np.zeros((5, 3)), [2, 9]), "exceed"),
+        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 5))), "features"),
+        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 3)), np.zeros(4, bool)), "no data"),
+        (lambda: tms.init_near_kgon(jax.random.key(0), 7, 6), "k=7"),
+        (lambda: tms.init_near_kgon(jax.random.key(0), 4, 6, radius=np.nan), "radius"),
+        (lambda: tms.init_near_kgon(jax.random.key(0), 4, 6, radius=(1.0, 0.5)), "radius"),
+        (lambda: tms.init_params(jax.random.key(0), 6, scale=np.nan), "scale"),
+        (lambda: tms.sample_sparse(jax.random.key(0), 10, 4, np.nan), "feature_probability"),
+        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 3)), np.arange(4)), "boolean"),
+        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.full((4, 3), np.nan)), "x contains NaN"),
+        (lambda: tms.make_dataset(np.full((4, 3), np.nan)), "x contains NaN"),
     ],
 )
 def test_bad_input(call, match):

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tmsjax import diagnostics, sharding
+from tmsjax.sampling import diagnostics
+from tmsjax import sharding
 from tmsjax.sampling.nuts import lockstep_efficiency, make_chees_sweep, make_nuts_sweep
 
 # Five standard errors: a false alarm rate of ~6e-7 per component, so no seed hunting is needed.

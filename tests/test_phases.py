@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import tmsjax
-from tmsjax.critical import critical_points
-from tmsjax.phases import canonicalize, classify, classify_batch, make_classifier, phase_labels
+from tmsjax import tms
+from tmsjax.tms.critical import critical_points
+from tmsjax.tms.phases import canonicalize, classify, classify_batch, make_classifier, phase_labels
 
 
 def random_symmetry(rng, W, b):
@@ -117,5 +118,5 @@ def test_bad_batch_input():
 
 def test_top_level_api():
     p = critical_points(6)[0]
-    assert tmsjax.classify(p.W, p.b).label == "6"
-    assert list(tmsjax.classify_batch(p.W[None], p.b[None]).labels) == ["6"]
+    assert tms.classify(p.W, p.b).label == "6"
+    assert list(tms.classify_batch(p.W[None], p.b[None]).labels) == ["6"]

@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from tmsjax.plateaus import PlateauThresholds, analyse_runs, energy_levels, find_plateaus, run_path
-from tmsjax.sgd import checkpoint_schedule
+from tmsjax.tms.plateaus import PlateauThresholds, analyse_runs, energy_levels, find_plateaus, run_path
+from tmsjax.tms.sgd import checkpoint_schedule
 
 LEVELS = energy_levels(6)
 LOSS = dict(zip(*LEVELS))

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tmsjax import posterior
-from tmsjax.data import make_dataset, nested_datasets, sample_sparse_limit, sparse_limit_stats
-from tmsjax.model import TMSParams, loss
+from tmsjax.tms import posterior
+from tmsjax.tms.data import make_dataset, nested_datasets, sample_sparse_limit, sparse_limit_stats
+from tmsjax.tms.model import TMSParams, loss
 
 
 def test_log_prior_is_normalised_gaussian(x64):

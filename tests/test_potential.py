@@ -8,8 +8,9 @@ import pytest
 from scipy import integrate
 
 import tmsjax
-from tmsjax.model import TMSParams
-from tmsjax.potential import population_loss
+from tmsjax import tms
+from tmsjax.tms.model import TMSParams
+from tmsjax.tms.potential import population_loss
 
 
 def quadrature_loss(W, b):
@@ -56,22 +57,22 @@ def test_potential_matches_quadrature(x64, c):
 def test_potential_matches_empirical_loss_within_monte_carlo_error(key):
     rng = np.random.default_rng(0)
     W, b = jnp.asarray(rng.normal(size=(2, 6)), jnp.float32), jnp.asarray(0.3 * rng.normal(size=6), jnp.float32)
-    x = tmsjax.sample_sparse_limit(key, 400_000, 6)
-    per_sample = jnp.sum((x - tmsjax.reconstruct(TMSParams(W, b), x)) ** 2, axis=-1)
+    x = tms.sample_sparse_limit(key, 400_000, 6)
+    per_sample = jnp.sum((x - tms.reconstruct(TMSParams(W, b), x)) ** 2, axis=-1)
     mean, stderr = float(jnp.mean(per_sample)), float(jnp.std(per_sample) / np.sqrt(x.shape[0]))
-    assert abs(mean - float(tmsjax.empirical_loss(W, b, x))) < 1e-5 * mean
-    assert abs(float(tmsjax.potential(W, b)) - mean) < 4 * stderr
+    assert abs(mean - float(tms.empirical_loss(W, b, x))) < 1e-5 * mean
+    assert abs(float(tmsjax.tms.potential(W, b)) - mean) < 4 * stderr
 
 
 def test_known_values():
     c = 6
-    dead = tmsjax.potential(jnp.zeros((2, c)), -jnp.ones(c))
+    dead = tmsjax.tms.potential(jnp.zeros((2, c)), -jnp.ones(c))
     assert float(dead) == pytest.approx(1 / 3, rel=1e-6)
     # One dead feature with positive bias β adds 1 − 3β + 3cβ², minimal at β = 1/(2c).
     for beta in [0.05, 1 / (2 * c), 0.2]:
         b = (-jnp.ones(c)).at[0].set(beta)
         expected = (c - 1 + 1 - 3 * beta + 3 * c * beta**2) / (3 * c)
-        assert float(tmsjax.potential(jnp.zeros((2, c)), b)) == pytest.approx(expected, rel=1e-5)
+        assert float(tmsjax.tms.potential(jnp.zeros((2, c)), b)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_gradient_and_hessian_finite_everywhere(x64):
@@ -94,15 +95,15 @@ def test_gradient_and_hessian_finite_everywhere(x64):
 def test_dtype_general_r_and_vmap():
     rng = np.random.default_rng(1)
     W, b = rng.normal(size=(3, 5)), 0.2 * rng.normal(size=5)
-    value32 = tmsjax.potential(jnp.asarray(W, jnp.float32), jnp.asarray(b, jnp.float32))
+    value32 = tmsjax.tms.potential(jnp.asarray(W, jnp.float32), jnp.asarray(b, jnp.float32))
     assert value32.dtype == jnp.float32
     with jax.enable_x64(True):
-        value64 = tmsjax.potential(jnp.asarray(W), jnp.asarray(b))
+        value64 = tmsjax.tms.potential(jnp.asarray(W), jnp.asarray(b))
         assert value64.dtype == jnp.float64
     assert float(value32) == pytest.approx(float(value64), rel=1e-5)
     Ws, bs = jnp.asarray(rng.normal(size=(7, 2, 6)), jnp.float32), jnp.asarray(rng.normal(size=(7, 6)), jnp.float32)
     batched = jax.vmap(lambda W, b: population_loss(TMSParams(W, b)))(Ws, bs)
-    assert np.allclose(batched, [tmsjax.potential(Ws[i], bs[i]) for i in range(7)], rtol=1e-6)
+    assert np.allclose(batched, [tmsjax.tms.potential(Ws[i], bs[i]) for i in range(7)], rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -117,4 +118,4 @@ def test_dtype_general_r_and_vmap():
 )
 def test_bad_input(W, b, match):
     with pytest.raises(ValueError, match=match):
-        tmsjax.potential(W, b)
+        tmsjax.tms.potential(W, b)

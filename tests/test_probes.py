@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tmsjax import probes
-from tmsjax.model import TMSParams
+from tmsjax.transitions import probes
+from tmsjax.tms.model import TMSParams
 
 
 def _hand_made():

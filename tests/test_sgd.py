@@ -8,10 +8,10 @@ import numpy as np
 import optax
 import pytest
 
-from tmsjax.data import Dataset, make_dataset, nested_datasets, sample_sparse_limit
-from tmsjax.model import TMSParams, init_near_kgon
+from tmsjax.tms.data import Dataset, make_dataset, nested_datasets, sample_sparse_limit
+from tmsjax.tms.model import TMSParams, init_near_kgon
 from tmsjax.results import ResultStore
-from tmsjax.sgd import (
+from tmsjax.tms.sgd import (
     _chunk_program,
     checkpoint_schedule,
     default_optimizer,
@@ -84,13 +84,13 @@ def test_chunk_memory_is_bounded_for_ten_thousand_runs():
 
 
 def _tms_loss():
-    from tmsjax.model import loss
+    from tmsjax.tms.model import loss
 
     return loss
 
 
 def _tms_population():
-    from tmsjax.potential import population_loss
+    from tmsjax.tms.potential import population_loss
 
     return population_loss
 

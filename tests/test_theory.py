@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tmsjax import theory
+from tmsjax.tms import theory
 
 
 def test_five_to_six_crossing_near_601():

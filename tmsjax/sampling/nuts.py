@@ -37,7 +37,7 @@ import optax
 from blackjax.adaptation.base import get_filter_adapt_info_fn
 from jax.flatten_util import ravel_pytree
 
-from tmsjax._checks import check_positive_int
+from tmsjax.checks import check_positive_int
 
 from tmsjax.types import Array, Bool, Float, Int, PRNGKey, PyTree
 

@@ -2,7 +2,7 @@ r"""Plateaus and transitions of training runs, read against the catalogue of cri
 
 SGD on the TMS loss lingers near critical points (k-gons) and moves between them in short jumps, so a
 loss curve against log(step) is a staircase whose treads sit at the energy levels :math:`L(k^{\sigma^+,
-\sigma^-})` of :mod:`tmsjax.critical` (Chen et al. 2023, §6). This module finds the treads *without*
+\sigma^-})` of :mod:`tmsjax.tms.critical` (Chen et al. 2023, §6). This module finds the treads *without*
 looking at the catalogue, then compares them with it, so "the plateaus lie on catalogue levels" is a
 measured fact and not true by construction.
 
@@ -25,7 +25,7 @@ same point differs from L by O(n^{-1/2}) sampling error, ≈ 3e-3 at n = 1000):
 
 **Comparison.** A plateau's loss is the median of L over it; its level is the nearest catalogue loss,
 and it is *on level* when within ``level_tolerance`` = 1e-3. Its label is that level's name (the
-energy label), and, when phase ids from :mod:`tmsjax.phases` are given, also the majority geometric
+energy label), and, when phase ids from :mod:`tmsjax.tms.phases` are given, also the majority geometric
 label over the plateau (the two are reported side by side; they can differ, e.g. a dead bias of
 +0.005 makes the classifier say σ⁺ while the energy still sits on the σ⁺ = 0 level).
 
@@ -190,7 +190,7 @@ class PlateauAnalysis(NamedTuple):
 
 def energy_levels(num_features: int) -> tuple[tuple[str, ...], np.ndarray]:
     """Labels and losses of the catalogue of critical points, sorted by loss."""
-    from tmsjax.critical import critical_points
+    from tmsjax.tms.critical import critical_points
 
     points = critical_points(num_features)
     return tuple(p.label for p in points), np.array([p.loss for p in points])

@@ -20,8 +20,8 @@ Works for any number of hidden dimensions r, float32 or float64, and under vmap.
 
 import jax.numpy as jnp
 
-from tmsjax._checks import check_params
-from tmsjax.model import TMSParams
+from tmsjax.checks import check_params
+from tmsjax.tms.model import TMSParams
 from tmsjax.types import Array, Float
 
 
@@ -65,7 +65,7 @@ def tms_potential_H(W: Float[Array, "r c"], b: Float[Array, " c"]) -> Float[Arra
 
 
 def population_loss(params: TMSParams) -> Float[Array, ""]:
-    """L = H / (3c) of a parameter pytree: the n → ∞ limit of :func:`tmsjax.model.loss`."""
+    """L = H / (3c) of a parameter pytree: the n → ∞ limit of :func:`tmsjax.tms.model.loss`."""
     return tms_potential_H(params.W, params.b) / (3 * params.b.shape[-1])
 
 
@@ -84,7 +84,7 @@ def potential(W, b) -> Float[Array, ""]:
 
     Examples:
       >>> import jax.numpy as jnp, tmsjax
-      >>> float(tmsjax.potential(jnp.zeros((2, 6)), -jnp.ones(6)))  # all features dead
+      >>> float(tmsjax.tms.potential(jnp.zeros((2, 6)), -jnp.ones(6)))  # all features dead
       0.3333333...
     """
     W, b = check_params(W, b)

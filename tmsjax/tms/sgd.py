@@ -8,7 +8,7 @@ follows
 (plain SGD by default; any ``optax.GradientTransformation`` otherwise), with the minibatch
 :math:`\mathcal{B}_t` drawn *inside* the scan from the run's padded dataset, so n is a traced value and
 all dataset sizes share one compiled program (DESIGN.md §2). ``objective="population"`` trains on the
-exact potential :math:`L = H/3c` instead (:mod:`tmsjax.potential`), the n → ∞ limit: gradient descent
+exact potential :math:`L = H/3c` instead (:mod:`tmsjax.tms.potential`), the n → ∞ limit: gradient descent
 with no minibatch noise.
 
 **Checkpoints.** Parameters, the full-batch train loss :math:`L_n` and the exact potential :math:`L` are
@@ -18,7 +18,7 @@ segment is a ``fori_loop`` whose trip count is data, and a chunk is a ``lax.scan
 of segments, so every chunk runs the same compiled program whatever its step counts. Device memory
 per chunk is ``checkpoints_per_chunk × runs × (num_params + 3)`` numbers (10⁴ runs × 16 segments ×
 21 float32 ≈ 13 MB for the TMS at c = 6), whatever the total number of checkpoints; chunks go to the
-host (and to disk with a :class:`~tmsjax.results.ResultStore`) through :func:`tmsjax.loop.run_chunked`,
+host (and to disk with a :class:`~tmsjax.results.ResultStore`) through :func:`tmsjax.training.loop.run_chunked`,
 which shows progress and resumes after a crash.
 
 **Randomness.** Run r's minibatch at step t uses ``fold_in(keys[r], t)``: a run's trajectory depends
@@ -39,12 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tmsjax._checks import check_positive_int
-from tmsjax.data import Dataset, minibatch_indices, shuffled_indices
-from tmsjax.loop import concatenate_chunks, run_chunked
-from tmsjax.model import TMSParams, init_near_kgon
-from tmsjax.model import loss as tms_loss
-from tmsjax.potential import population_loss as tms_population_loss
+from tmsjax.checks import check_positive_int
+from tmsjax.tms.data import Dataset, minibatch_indices, shuffled_indices
+from tmsjax.training.loop import concatenate_chunks, run_chunked
+from tmsjax.tms.model import TMSParams, init_near_kgon
+from tmsjax.tms.model import loss as tms_loss
+from tmsjax.tms.potential import population_loss as tms_population_loss
 from tmsjax.results import ResultStore
 from tmsjax.types import Array, Bool, Float, Int, PRNGKey, PyTree
 
@@ -298,7 +298,7 @@ def _init_program(optimizer, n_max: int, set_learning_rate: bool):
 
 
 def init_kgon_ensemble(key: PRNGKey, num_runs: int, num_features: int = 6, k: int = 4, **kwargs) -> TMSParams:
-    """`num_runs` independent :func:`tmsjax.model.init_near_kgon` draws, stacked (leading axis runs).
+    """`num_runs` independent :func:`tmsjax.tms.model.init_near_kgon` draws, stacked (leading axis runs).
 
     Defaults follow the paper: near a 4-gon of radius U[0.9, 1], random rotation and feature order,
     N(0, 0.01²) noise, biases U[−0.01, 0.01].
@@ -330,7 +330,7 @@ def _validate_datasets(datasets, dataset_index, num_runs, objective, batch_size,
         # Training on the exact potential needs no data: a one-row dummy keeps one code path.
         datasets = Dataset(jnp.zeros((1, 1, 1)), jnp.ones((1, 1), bool))
     if not isinstance(datasets, Dataset):
-        raise ValueError(f"datasets must be a tmsjax.data.Dataset, got {type(datasets).__name__}")
+        raise ValueError(f"datasets must be a tmsjax.tms.data.Dataset, got {type(datasets).__name__}")
     x, mask = datasets.x, datasets.mask
     if np.ndim(x) == 2:
         x, mask = jnp.asarray(x)[None], jnp.asarray(mask)[None]
@@ -397,8 +397,8 @@ def train(
     Args:
       keys: one PRNG key per run, shape (num_runs,) (``jax.random.split(key, num_runs)``).
       init_params: initial parameters with a leading axis num_runs (e.g. :func:`init_kgon_ensemble`).
-      datasets: a :class:`~tmsjax.data.Dataset`: one dataset shared by all runs (x (n_max, c)), or a
-        stack (x (num_datasets, n_max, c)), e.g. :func:`~tmsjax.data.nested_datasets` for a sweep
+      datasets: a :class:`~tmsjax.tms.data.Dataset`: one dataset shared by all runs (x (n_max, c)), or a
+        stack (x (num_datasets, n_max, c)), e.g. :func:`~tmsjax.tms.data.nested_datasets` for a sweep
         over n. Not needed for ``objective="population"``.
       num_steps: optimiser steps per run.
       dataset_index: which dataset each run trains on (num_runs,) ints; default: the only one, or

@@ -5,11 +5,11 @@ r"""The TMS posterior: Gaussian prior, tempered likelihood, and their sum as a l
     \qquad \varphi = \mathcal N(0, \sigma^2 I),
     \qquad L_n(w) = \frac1n\sum_{k\le n}\lVert x_k - f(x_k; w)\rVert^2
 
-with the *unhalved* loss of :func:`tmsjax.model.loss` (so T = 1 is a Gaussian likelihood of variance ½
+with the *unhalved* loss of :func:`tmsjax.tms.model.loss` (so T = 1 is a Gaussian likelihood of variance ½
 per output). Chen et al. (2023) sample exactly this with σ = 1, T = 1 (PAPER_NOTES §5; inferred from
 their free-energy constants).
 
-Consequences for the Bayesian transition point :math:`n_c` (see :mod:`tmsjax.theory`). Near a phase α
+Consequences for the Bayesian transition point :math:`n_c` (see :mod:`tmsjax.tms.theory`). Near a phase α
 the evidence is :math:`F_n \approx (n/T) L_\alpha + \lambda_\alpha \log(n/T) + \lVert w^*_\alpha\rVert^2/(2\sigma^2)`:
 
 - the *likelihood scale* T rescales the sample size, :math:`n_c(T) = T\,n_c(1)`. A halved loss (T = 2)
@@ -28,10 +28,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from tmsjax import model
-from tmsjax._checks import check_params
-from tmsjax.data import Dataset, SparseLimitStats
-from tmsjax.model import TMSParams
+from tmsjax.tms import model
+from tmsjax.checks import check_params
+from tmsjax.tms.data import Dataset, SparseLimitStats
+from tmsjax.tms.model import TMSParams
 from tmsjax.types import Array, Float, PyTree
 
 
@@ -50,7 +50,7 @@ def log_likelihood(params: TMSParams, dataset: Dataset | SparseLimitStats, tempe
     r"""Tempered TMS log likelihood :math:`-n L_n(w) / T` on the real rows of a padded dataset.
 
     Up to a w-independent constant this is :math:`\sum_k \log\mathcal N(x_k; f(x_k; w), \tfrac T2 I)`.
-    `dataset` may also be the :class:`~tmsjax.data.SparseLimitStats` of one-hot data: the same value
+    `dataset` may also be the :class:`~tmsjax.tms.data.SparseLimitStats` of one-hot data: the same value
     from prefix sums, O(c² log n) instead of O(n c) per evaluation.
     """
     if isinstance(dataset, SparseLimitStats):

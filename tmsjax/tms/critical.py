@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from tmsjax._checks import check_positive_int
-from tmsjax.model import TMSParams
-from tmsjax.potential import population_loss, tms_potential_H
+from tmsjax.checks import check_positive_int
+from tmsjax.tms.model import TMSParams
+from tmsjax.tms.potential import population_loss, tms_potential_H
 
 DEAD_BIAS = -1.0
 SILENCED_BIAS = -2.0

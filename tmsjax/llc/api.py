@@ -44,10 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tmsjax import model
-from tmsjax._checks import check_positive_int
-from tmsjax.data import Dataset, sample_minibatch
-from tmsjax.potential import population_loss
+from tmsjax.checks import check_positive_int
 from tmsjax.sampling import sgld
 from tmsjax.types import Array, Bool, Float, Int, PRNGKey, PyTree
 
@@ -150,20 +147,10 @@ class LLCResult(NamedTuple):
 # Losses and data helpers
 
 
-def tms_loss(params: model.TMSParams, data: Dataset) -> Float[Array, ""]:
-    """The empirical TMS loss :math:`L_n` of a padded :class:`~tmsjax.data.Dataset` (mask respected)."""
-    return model.loss(params, data.x, data.mask)
-
-
-def potential_loss(params: model.TMSParams, data: Any = None) -> Float[Array, ""]:
-    """The exact TMS population loss (n → ∞); `data` is ignored. Pass an explicit `nbeta`."""
-    del data
-    return population_loss(params)
-
-
 def num_data_of(data: Any):
-    """The dataset size n: ``mask.sum()`` of a :class:`Dataset`, else the leading axis of the leaves."""
-    if isinstance(data, Dataset):
+    """The dataset size n: ``data.num_data`` where the data defines it (a padded dataset with a mask),
+    else the leading axis of its leaves."""
+    if hasattr(data, "num_data"):
         return data.num_data
     leaves = jax.tree.leaves(data)
     if not leaves:
@@ -178,9 +165,10 @@ def default_nbeta(num_data) -> Float[Array, ""]:
 
 
 def default_minibatch(key: PRNGKey, data: Any, batch_size: int) -> Any:
-    """Rows drawn uniformly with replacement from the real rows (a Dataset) or the leading axis."""
-    if isinstance(data, Dataset):
-        return Dataset(sample_minibatch(key, data, batch_size), jnp.ones((batch_size,), dtype=bool))
+    """``data.minibatch(key, batch_size)`` where the data defines it (a padded dataset draws only its
+    real rows), else rows drawn uniformly with replacement from the leading axis of every leaf."""
+    if hasattr(data, "minibatch"):
+        return data.minibatch(key, batch_size)
     num_rows = jax.tree.leaves(data)[0].shape[0]
     index = jax.random.randint(key, (batch_size,), 0, num_rows)
     return jax.tree.map(lambda leaf: leaf[index], data)
@@ -421,10 +409,11 @@ def estimate_llc(
 
     Args:
       key: PRNG key.
-      loss_fn: ``loss_fn(params, data) -> scalar`` (e.g. :func:`tms_loss`, :func:`potential_loss`, or
-        your model's loss). Pass a module-level function: a new lambda each call recompiles.
+      loss_fn: ``loss_fn(params, data) -> scalar`` (your model's loss; the TMS wing has
+        :mod:`tmsjax.tms.losses`). Pass a module-level function: a new lambda each call recompiles.
       center: :math:`w^*`, any pytree of floating arrays (its dtype sets the sampling precision).
-      data: the full dataset, any pytree (a padded :class:`~tmsjax.data.Dataset` for TMS), or None.
+      data: the full dataset, any pytree, or None. Data that defines ``num_data`` and
+        ``minibatch(key, batch_size)`` (a padded dataset with a mask) is read through them.
       nbeta: :math:`n\beta`; default :math:`n/\log n` with n from `num_data` or `data`.
       num_data: n, when it cannot be read from `data`.
       step_size: ε.
@@ -607,9 +596,9 @@ def llc_along_training(
       key: PRNG key (each (run, checkpoint) cell gets its own).
       loss_fn: ``loss_fn(params, data) -> scalar``.
       params: a pytree whose leaves have leading axes (num_runs, num_checkpoints), e.g. the stacked
-        checkpoints of :mod:`tmsjax.sgd`.
+        checkpoints of a training ensemble.
       data: the dataset every run trained on, or with `data_per_run` one per run (leading axis
-        num_runs on every leaf, e.g. stacked padded Datasets).
+        num_runs on every leaf, e.g. stacked padded datasets).
       data_per_run: whether `data` has a leading run axis.
       nbeta: a scalar, or one value per run when `data_per_run`; default n / log n of each dataset.
       cell_batch: (run, checkpoint) cells vmapped together, groups run one after another; None for all
@@ -637,9 +626,9 @@ def llc_along_training(
             raise ValueError(f"data_per_run=True needs a leading axis of num_runs={num_runs} on every leaf of data")
         if nbeta is None:
             if num_data is None:
-                if not isinstance(data, Dataset):
-                    raise ValueError("data_per_run with data that is not a Dataset: pass nbeta or num_data")
-                num_data = np.asarray(jnp.sum(data.mask, axis=-1))
+                if not hasattr(data, "num_data"):
+                    raise ValueError("data_per_run with data that has no num_data: pass nbeta or num_data")
+                num_data = np.asarray(data.num_data)
             nbeta = default_nbeta(_check_positive_values("num_data", num_data))
         nbeta = jnp.broadcast_to(jnp.asarray(_check_positive_values("nbeta", nbeta)), (num_runs,))
     else:
@@ -729,9 +718,7 @@ __all__ = [
     "llc_along_training",
     "llc_grid",
     "num_data_of",
-    "potential_loss",
     "sample_llc",
     "summarize",
-    "tms_loss",
     "verdict",
 ]

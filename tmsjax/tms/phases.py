@@ -1,7 +1,7 @@
 r"""Coarse-graining of TMS parameters into k-gon phases: the phase classifier.
 
 Any (W, b) with r = 2 (one point or a batch of millions of posterior samples) maps to a canonical
-label "k" + "+"·σ⁺ + "-"·σ⁻ of the critical-point catalogue (:mod:`tmsjax.critical`), or "unknown",
+label "k" + "+"·σ⁺ + "-"·σ⁻ of the critical-point catalogue (:mod:`tmsjax.tms.critical`), or "unknown",
 plus its distance to the nearest catalogue point of that label. Everything is invariant to rotations,
 reflections and permutations of the features, and runs as one vectorised JAX program.
 
@@ -42,8 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tmsjax._checks import check_params, check_positive_int
-from tmsjax.critical import critical_points
+from tmsjax.checks import check_params, check_positive_int
+from tmsjax.tms.critical import critical_points
 from tmsjax.types import Array, Float, Int
 
 DEAD_FRACTION = 0.5
@@ -217,7 +217,7 @@ def classify(W, b, *, max_distance: float = DEFAULT_MAX_DISTANCE) -> Classificat
     """Classifies one point (W (2, c), b (c,)) into a k^{σ+,σ−}-gon label or "unknown".
 
     Examples:
-      >>> from tmsjax.critical import critical_points
+      >>> from tmsjax.tms.critical import critical_points
       >>> p = critical_points(6)[1]
       >>> classify(p.W, p.b).label
       '5+'

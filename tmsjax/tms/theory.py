@@ -7,7 +7,7 @@ For a phase α around the critical point :math:`w^*_\alpha` (Watanabe's asymptot
     \qquad n_\beta = n / T,\qquad c_\alpha = \frac{\lVert w^*_\alpha\rVert^2}{2\sigma^2},
 
 with L the population loss, λ the learning coefficient and :math:`c_\alpha` the prior term (T the
-likelihood scale and σ the prior width of :mod:`tmsjax.posterior`; T = σ = 1 in the paper). The
+likelihood scale and σ the prior width of :mod:`tmsjax.tms.posterior`; T = σ = 1 in the paper). The
 posterior mass of phase α is :math:`\propto e^{-F_n(\alpha)}` (the log-sum-exp approximation), so the
 theoretical occupancy is a softmax of :math:`-F_n` over the phases considered, and the crossing
 :math:`n_c` of two phases solves
@@ -30,8 +30,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import optimize
 
-from tmsjax._checks import check_positive_int
-from tmsjax.critical import critical_points
+from tmsjax.checks import check_positive_int
+from tmsjax.tms.critical import critical_points
 
 
 class TheoryPhase(NamedTuple):

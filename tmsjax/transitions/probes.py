@@ -1,6 +1,6 @@
 r"""Weight-only probes: cheap signals of a parameter pytree, for detecting phase transitions.
 
-Every probe is a pure function of a parameter pytree (a :class:`~tmsjax.model.TMSParams`, an equinox
+Every probe is a pure function of a parameter pytree (a :class:`~tmsjax.tms.model.TMSParams`, an equinox
 module, a dict of arrays: any pytree), so it runs inside a jitted training scan, vmaps over seeds and
 checkpoints, and needs neither data nor gradients (λ̂ aside). The *layers* of a model are its floating
 leaves with at least two dimensions (weight matrices; a convolution kernel (out, in, k, k) is read as
@@ -166,7 +166,7 @@ def compute_probes(params: PyTree, previous: PyTree | None = None, edges=None) -
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from tmsjax.model import TMSParams
+      >>> from tmsjax.tms.model import TMSParams
       >>> p = compute_probes(TMSParams(jnp.array([[3.0, 0.0], [0.0, 4.0]]), jnp.zeros(2)))
       >>> float(p.weight_norm), float(p.top_singular[0]), float(p.stable_rank[0])
       (5.0, 4.0, 1.5625)
@@ -185,7 +185,7 @@ def probe_trajectory(checkpoints: PyTree, edges=None) -> Probes:
 
     Args:
       checkpoints: a pytree whose floating leaves share a leading checkpoint axis, e.g. the params
-        of :class:`tmsjax.sgd.Trajectory` for one run, or ``jax.tree.map(lambda x: x[r], ...)``.
+        of :class:`tmsjax.tms.sgd.Trajectory` for one run, or ``jax.tree.map(lambda x: x[r], ...)``.
       edges: optional histogram bin edges.
 
     Returns:
@@ -285,7 +285,7 @@ def llc_probe_result(
         raise ValueError("checkpoints has no floating-point array leaves")
     return llc_engine.llc_along_training(
         key,
-        _PartitionedLoss(loss_fn, static),
+        PartitionedLoss(loss_fn, static),
         arrays,
         data,
         data_per_run=data_per_run,
@@ -372,7 +372,7 @@ def _leaves_equal(a, b) -> bool:
         return a is b
 
 
-class _PartitionedLoss:
+class PartitionedLoss:
     """``loss_fn(eqx.combine(arrays, static), data)``, hashable and comparable by value, so the LLC
     engine's jit (which takes the loss as a static argument) compiles once per loss and model
     structure: two task builds with the same loss and the same static part (activation functions,
@@ -394,7 +394,7 @@ class _PartitionedLoss:
         return hash((self.loss_fn, jax.tree.structure(self.static)))
 
     def __eq__(self, other):
-        if not isinstance(other, _PartitionedLoss) or self.loss_fn != other.loss_fn:
+        if not isinstance(other, PartitionedLoss) or self.loss_fn != other.loss_fn:
             return False
         leaves, structure = jax.tree.flatten(self.static)
         other_leaves, other_structure = jax.tree.flatten(other.static)

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tmsjax._checks import as_float_array, check_finite, check_params, check_positive_int
+from tmsjax.checks import as_float_array, check_finite, check_params, check_positive_int
 from tmsjax.types import Array, Bool, Float, PRNGKey
 
 
@@ -76,7 +76,7 @@ def sum_squared_error_from_stats(params: TMSParams, stats) -> Float[Array, ""]:
 
     For :math:`x = \mu e_i`, output j is :math:`\mathrm{ReLU}(\mu a_{ij} + b_j)` with
     :math:`a_{ij} = W_i\cdot W_j`; it fires for μ on one side of :math:`t_{ij} = -b_j/a_{ij}`, a prefix or
-    suffix of feature i's sorted μ (:class:`tmsjax.data.SparseLimitStats`). With :math:`P_p` the sum of
+    suffix of feature i's sorted μ (:class:`tmsjax.tms.data.SparseLimitStats`). With :math:`P_p` the sum of
     :math:`\mu^p` over that active set A and :math:`P_2^{\mathrm{all}}` over all of feature i's samples,
 
     .. math::
@@ -111,7 +111,7 @@ def empirical_loss(W, b, x, mask=None, importance=None) -> Float[Array, ""]:
     Args:
       W: weights (num_hidden, num_features).
       b: bias (num_features,).
-      x: data (num_data, num_features), e.g. from :func:`tmsjax.data.sample_sparse_limit`.
+      x: data (num_data, num_features), e.g. from :func:`tmsjax.tms.data.sample_sparse_limit`.
       mask: optional boolean (num_data,) marking the real rows of a padded dataset.
       importance: optional per-feature loss weights (num_features,).
 

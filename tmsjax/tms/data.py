@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tmsjax._checks import as_float_array, check_finite, check_positive_int
+from tmsjax.checks import as_float_array, check_finite, check_positive_int
 from tmsjax.types import Array, Bool, Float, Int, PRNGKey
 
 
@@ -31,6 +31,14 @@ class Dataset(NamedTuple):
         """The dataset size n = mask.sum() (a traced value under jit)."""
         return jnp.sum(self.mask, axis=-1)
 
+    def minibatch(self, key: PRNGKey, batch_size: int) -> "Dataset":
+        """`batch_size` real rows drawn uniformly with replacement, as an all-real Dataset.
+
+        The LLC engine calls this on data that defines it, so padding rows never enter a minibatch.
+        """
+        rows = self.x[minibatch_indices(key, self.num_data, batch_size)]
+        return Dataset(rows, jnp.ones((batch_size,), dtype=bool))
+
 
 def sample_sparse_limit(key: PRNGKey, num_data: int, num_features: int) -> Float[Array, "num_data num_features"]:
     r"""The high-sparsity-limit distribution of Chen et al.: :math:`x = \mu e_i`, i uniform, μ ~ U[0, 1]."""
@@ -47,7 +55,7 @@ def sample_sparse(
 ) -> Float[Array, "num_data num_features"]:
     r"""Elhage et al.'s sparse data: feature i present with probability p_i (= 1 − S), value U[0, 1].
 
-    Importance weights act on the loss, not the data: pass them to :func:`tmsjax.model.loss`.
+    Importance weights act on the loss, not the data: pass them to :func:`tmsjax.tms.model.loss`.
     """
     num_data = check_positive_int("num_data", num_data)
     num_features = check_positive_int("num_features", num_features)
@@ -96,7 +104,7 @@ class SparseLimitStats(NamedTuple):
 
     For such data the loss of every (input feature i, output j) pair is a sum over the samples of
     feature i of a quadratic in μ on the interval where output j fires, so three prefix sums over
-    each feature's sorted μ give it exactly (:func:`tmsjax.model.sum_squared_error_from_stats`):
+    each feature's sorted μ give it exactly (:func:`tmsjax.tms.model.sum_squared_error_from_stats`):
     O(c² log n) per evaluation instead of O(n c r). Same value and gradient as the rows.
 
     Attributes:
