@@ -13,9 +13,9 @@ Typical result (cpu-2core shared with other jobs, load average ~3, so timings ar
   64 runs x 10000 steps (n=1000, batch 20)    1.10      4.48         4.1x   5.8e5
   1024 runs x 10000 steps (n=1000, batch 20)  20.5      101.5 (extr.) 4.9x  5.0e5
   (under load ~10 the same run gave 2.1x and 5.6x)
-On a CPU a single run's program is already cheap (~7 µs/step), so the gain is the amortised Python
-and dispatch overhead plus vectorisation; it grows with the number of runs. No GPU was available when
-this was measured: run ``python -m benchmarks.sgd_ensemble`` there for its numbers.
+On a CPU a single run's program is already cheap (~7 µs/step), so the gain is the amortised
+Python and dispatch overhead plus vectorisation; it grows with the number of runs. No GPU was
+available when this was measured: run ``python -m benchmarks.sgd_ensemble`` there for its numbers.
 """
 
 import sys
@@ -25,22 +25,19 @@ import jax
 import numpy as np
 
 from benchmarks.common import block, report
+from tmsjax.tms.data import make_dataset, sample_sparse_limit
+from tmsjax.tms.sgd import init_kgon_ensemble, train
 
 NAME = "sgd_ensemble"
 
 
 def _setup(num_runs):
-    from tmsjax.tms.data import make_dataset, sample_sparse_limit
-    from tmsjax.tms.sgd import init_kgon_ensemble
-
     key_data, key_init, key_runs = jax.random.split(jax.random.key(0), 3)
     dataset = make_dataset(sample_sparse_limit(key_data, 1000, 6))
     return jax.random.split(key_runs, num_runs), init_kgon_ensemble(key_init, num_runs), dataset
 
 
 def _train(keys, params, dataset, num_steps):
-    from tmsjax.tms.sgd import train
-
     result = train(keys, params, dataset, num_steps=num_steps, num_checkpoints=20, progress=False)
     return block(result.params)
 
@@ -58,8 +55,12 @@ def run(quick: bool = False) -> list[dict]:
         keys, params, dataset = _setup(num_runs)
         first = _timed(_train, keys, params, dataset, num_steps)
         ensemble = min(_timed(_train, keys, params, dataset, num_steps) for _ in range(2))
-        # Baseline: the same runs one at a time (same keys and inits), one compiled single-run program.
-        one = lambda r: (keys[r : r + 1], jax.tree.map(lambda leaf: leaf[r : r + 1], params), dataset, num_steps)  # noqa: E731
+        # Baseline: the same runs one at a time (same keys and inits), one compiled single-run
+        # program.
+        def one(r):
+            run_params = jax.tree.map(lambda leaf: leaf[r : r + 1], params)
+            return keys[r : r + 1], run_params, dataset, num_steps
+
         _train(*one(0))  # compile the single-run program outside the timing
         measured = min(num_runs, 64)
         loop = _timed(lambda: [_train(*one(r)) for r in range(measured)]) * num_runs / measured
@@ -67,7 +68,8 @@ def run(quick: bool = False) -> list[dict]:
             {
                 "workload": f"{num_runs} runs x {num_steps} steps (n=1000, batch 20)",
                 "tmsjax_s": ensemble,
-                "baseline": "python loop over runs" + (f" (extrapolated from {measured})" if measured < num_runs else ""),
+                "baseline": "python loop over runs"
+                + (f" (extrapolated from {measured})" if measured < num_runs else ""),
                 "baseline_s": loop,
                 "ratio": loop / ensemble,
                 "compile_s": max(first - ensemble, 0.0),

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tmsjax.training.loop import arrays_to_tree, concatenate_chunks, run_chunked, tree_to_arrays
 from tmsjax.results import ResultStore
+from tmsjax.training.loop import arrays_to_tree, concatenate_chunks, run_chunked, tree_to_arrays
 
 
 @jax.jit
@@ -29,7 +29,9 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     with pytest.raises(RuntimeError):
         run_chunked(_chunk, start, 4, store=store, progress=False, on_chunk=crash_at_second_chunk)
     seen = []
-    _, resumed = run_chunked(_chunk, start, 4, store=store, progress=False, on_chunk=lambda i, c, o: seen.append(i))
+    _, resumed = run_chunked(
+        _chunk, start, 4, store=store, progress=False, on_chunk=lambda i, c, o: seen.append(i)
+    )
     assert seen == [1, 2, 3]
     np.testing.assert_array_equal(concatenate_chunks(full)["xs"], concatenate_chunks(resumed)["xs"])
     with pytest.raises(ValueError, match="other settings"):
@@ -37,7 +39,11 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_host_arrays_keep_their_dtype():
-    tree = {"big": np.array([2**40], dtype=np.int64), "x": np.array([0.1], dtype=np.float64), "key": jax.random.key(3)}
+    tree = {
+        "big": np.array([2**40], dtype=np.int64),
+        "x": np.array([0.1], dtype=np.float64),
+        "key": jax.random.key(3),
+    }
     back = arrays_to_tree(tree_to_arrays(tree), tree)
     assert back["big"].dtype == np.int64 and back["big"][0] == 2**40
     assert back["x"].dtype == np.float64

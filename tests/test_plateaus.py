@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tmsjax.tms.plateaus import PlateauThresholds, analyse_runs, energy_levels, find_plateaus, run_path
-from tmsjax.tms.sgd import checkpoint_schedule
+from tmsjax.training.schedule import checkpoint_schedule
 
 LEVELS = energy_levels(6)
 LOSS = dict(zip(*LEVELS))

@@ -1,4 +1,4 @@
-"""Tests of the SGD ensemble engine: known answers, vmap == loop, one compile for all n, bounded memory."""
+"""TMS SGD ensembles: known answers, vmap == loop, one compile for all n, bounded memory."""
 
 import logging
 
@@ -8,19 +8,21 @@ import numpy as np
 import optax
 import pytest
 
+from tmsjax.results import ResultStore
 from tmsjax.tms.data import Dataset, make_dataset, nested_datasets, sample_sparse_limit
 from tmsjax.tms.model import TMSParams, init_near_kgon
-from tmsjax.results import ResultStore
+from tmsjax.tms.model import loss as tms_loss
+from tmsjax.tms.potential import population_loss
 from tmsjax.tms.sgd import (
-    _chunk_program,
-    checkpoint_schedule,
+    SGDRun,
     default_optimizer,
     init_kgon_ensemble,
-    init_train_state,
-    plan_segments,
+    init_sgd_state,
+    sgd_step_and_record,
     train,
 )
-
+from tmsjax.training.engine import chunk_program
+from tmsjax.training.schedule import checkpoint_schedule, plan_segments
 
 # Shared shapes (runs, n_max, segments per chunk): tests that reuse them reuse one compiled program,
 # which keeps this file fast on a 2-core CPU (compiling the chunk program takes seconds there).
@@ -33,66 +35,32 @@ def _setup(key, num_runs=RUNS):
     return jax.random.split(key_runs, num_runs), init_kgon_ensemble(key_init, num_runs), x
 
 
-def test_checkpoint_schedule_log_linear_both():
-    log = checkpoint_schedule(225_000, 200)
-    assert log[0] == 0 and log[-1] == 225_000 and np.all(np.diff(log) > 0)
-    assert 150 <= len(log) <= 200  # rounding merges duplicates among the first steps
-    ratios = log[-50:][1:] / log[-50:][:-1]
-    np.testing.assert_allclose(ratios, ratios.mean(), rtol=1e-3)  # geometric where rounding is negligible
-    linear = checkpoint_schedule(1000, 11, "linear")
-    np.testing.assert_array_equal(linear, np.arange(0, 1001, 100))
-    both = checkpoint_schedule(1000, 11, "both")
-    assert set(linear) <= set(both) and set(checkpoint_schedule(1000, 11)) <= set(both)
-
-
-@pytest.mark.parametrize(
-    "kwargs, name",
-    [({"num_steps": 0}, "num_steps"), ({"num_steps": 10, "num_checkpoints": 1}, "num_checkpoints"), ({"num_steps": 10, "spacing": "cubic"}, "spacing")],
-)
-def test_checkpoint_schedule_rejects(kwargs, name):
-    with pytest.raises(ValueError, match=name):
-        checkpoint_schedule(**kwargs)
-
-
-def test_plan_segments_covers_schedule_with_bounded_segments():
-    schedule = checkpoint_schedule(50_000, 60)
-    plan = plan_segments(schedule, checkpoints_per_chunk=8, max_segment_steps=3_000)
-    assert plan.lengths.shape[1] == 8
-    assert plan.lengths.max() <= 3_000
-    assert plan.lengths.sum() == 50_000
-    np.testing.assert_array_equal(plan.ends[plan.record], schedule)
-    np.testing.assert_array_equal(np.cumsum(plan.lengths.reshape(-1)), plan.ends.reshape(-1))
-
-
 def test_chunk_memory_is_bounded_for_ten_thousand_runs():
     """Device output of one chunk is checkpoints_per_chunk × runs records, whatever the schedule."""
     num_runs, per_chunk = 10_000, 16
-    program = _chunk_program(default_optimizer(), _tms_loss(), _tms_population(), 20, "empirical", "replacement")
-    params = TMSParams(jax.ShapeDtypeStruct((num_runs, 2, 6), jnp.float32), jax.ShapeDtypeStruct((num_runs, 6), jnp.float32))
-    state = jax.eval_shape(jax.vmap(lambda p: init_train_state(p, default_optimizer())), params)
+    step, record = sgd_step_and_record(
+        default_optimizer(), tms_loss, population_loss, 20, "empirical", "replacement"
+    )
+    program = chunk_program(step, record)
+    params = TMSParams(
+        jax.ShapeDtypeStruct((num_runs, 2, 6), jnp.float32),
+        jax.ShapeDtypeStruct((num_runs, 6), jnp.float32),
+    )
+    state = jax.eval_shape(jax.vmap(lambda p: init_sgd_state(p, default_optimizer())), params)
     keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), num_runs))
     index = jax.ShapeDtypeStruct((num_runs,), jnp.int32)
-    data = Dataset(jax.ShapeDtypeStruct((1, 1000, 6), jnp.float32), jax.ShapeDtypeStruct((1, 1000), jnp.bool_))
+    data = Dataset(
+        jax.ShapeDtypeStruct((1, 1000, 6), jnp.float32),
+        jax.ShapeDtypeStruct((1, 1000), jnp.bool_),
+    )
     lengths = jax.ShapeDtypeStruct((per_chunk,), jnp.int32)
-    _, infos = jax.eval_shape(program, state, keys, index, index, data, lengths)
+    _, infos = jax.eval_shape(program, state, SGDRun(keys, index, index), data, lengths)
     num_bytes = sum(np.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(infos))
     assert infos.params.W.shape == (num_runs, per_chunk, 2, 6)
     assert num_bytes < 20e6  # 10⁴ runs × 16 × (18 params + 2 losses + flag): ~13 MB
     # 200 checkpoints of 225k steps take ceil((200 + 22) / 16) chunks of this one shape.
     plan = plan_segments(checkpoint_schedule(225_000, 200), checkpoints_per_chunk=per_chunk)
     assert plan.lengths.shape[1] == per_chunk
-
-
-def _tms_loss():
-    from tmsjax.tms.model import loss
-
-    return loss
-
-
-def _tms_population():
-    from tmsjax.tms.potential import population_loss
-
-    return population_loss
 
 
 def _quadratic_loss(theta, x, mask=None):
@@ -116,8 +84,9 @@ def test_sgd_on_convex_loss_reaches_the_minimum_of_each_masked_dataset(key):
     optimizer = optax.sgd(lambda t: 0.5 / (t + 1.0))
     num_runs = 4
     result = train(
-        jax.random.split(key_runs, num_runs), jnp.zeros((num_runs, 3)), datasets, num_steps=num_steps,
-        dataset_index=np.array([0, 1, 0, 1]), optimizer=optimizer, batch_size=batch_size,
+        jax.random.split(key_runs, num_runs), jnp.zeros((num_runs, 3)), datasets,
+        num_steps=num_steps, dataset_index=np.array([0, 1, 0, 1]), optimizer=optimizer,
+        batch_size=batch_size,
         loss_fn=_quadratic_loss, population_fn=None, num_checkpoints=5, progress=False,
     )
     final = result.params[:, -1]
@@ -131,21 +100,24 @@ def test_sgd_on_convex_loss_reaches_the_minimum_of_each_masked_dataset(key):
 def test_gradient_descent_on_exact_convex_population_reaches_minimum(key):
     target = jnp.array([1.0, -2.0, 0.5])
     result = train(
-        jax.random.split(key, 3), jax.random.normal(key, (3, 3)), num_steps=200, objective="population",
-        learning_rate=0.1, loss_fn=_quadratic_loss, population_fn=lambda theta: jnp.sum((theta - target) ** 2),
-        num_checkpoints=10, progress=False,
+        jax.random.split(key, 3), jax.random.normal(key, (3, 3)), num_steps=200,
+        objective="population", learning_rate=0.1, loss_fn=_quadratic_loss,
+        population_fn=lambda theta: jnp.sum((theta - target) ** 2), num_checkpoints=10,
+        progress=False,
     )
     np.testing.assert_allclose(result.params[:, -1], np.broadcast_to(target, (3, 3)), atol=1e-6)
-    assert np.all(np.diff(result.population_loss, axis=1) <= 1e-7)  # gradient descent on a convex bowl
+    # Gradient descent on a convex bowl never goes up.
+    assert np.all(np.diff(result.population_loss, axis=1) <= 1e-7)
     np.testing.assert_array_equal(result.train_loss, result.population_loss)
 
 
 def test_population_training_converges_to_the_4gon_level(key):
-    """From near a 4-gon with negative biases, gradient descent on the exact potential sits at L(4) = (c − 4)/(3c)."""
+    """From near a 4-gon with negative biases, gradient descent on the exact potential sits at
+    L(4) = (c − 4)/(3c)."""
     params = jax.vmap(lambda k: init_near_kgon(k, 4, 6, bias=-0.01))(jax.random.split(key, RUNS))
     result = train(
-        jax.random.split(key, RUNS), params, num_steps=2_000, objective="population", learning_rate=0.05,
-        num_checkpoints=20, checkpoints_per_chunk=PER_CHUNK, progress=False,
+        jax.random.split(key, RUNS), params, num_steps=2_000, objective="population",
+        learning_rate=0.05, num_checkpoints=20, checkpoints_per_chunk=PER_CHUNK, progress=False,
     )
     np.testing.assert_allclose(result.population_loss[:, -1], 2 / 18, atol=1e-5)
 
@@ -155,7 +127,10 @@ def test_vmapped_ensemble_equals_looped_runs(key, sampling):
     keys, params, x = _setup(key)
     datasets = nested_datasets(x, [40, 100])
     index = np.array([0, 1, 0, 1])
-    common = dict(num_steps=300, num_checkpoints=12, sampling=sampling, progress=False, checkpoints_per_chunk=PER_CHUNK)
+    common = dict(
+        num_steps=300, num_checkpoints=12, sampling=sampling, progress=False,
+        checkpoints_per_chunk=PER_CHUNK,
+    )
     ensemble = train(keys, params, datasets, dataset_index=index, **common)
     for run in range(RUNS):
         single = train(
@@ -163,31 +138,42 @@ def test_vmapped_ensemble_equals_looped_runs(key, sampling):
             dataset_index=index[run : run + 1], **common,
         )
         np.testing.assert_array_equal(single.steps, ensemble.steps)
+        close = dict(rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(single.params.W[0], ensemble.params.W[run], rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(single.train_loss[0], ensemble.train_loss[run], rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(single.population_loss[0], ensemble.population_loss[run], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(single.train_loss[0], ensemble.train_loss[run], **close)
+        population = ensemble.population_loss[run]
+        np.testing.assert_allclose(single.population_loss[0], population, **close)
 
 
 def test_one_compile_for_all_dataset_sizes_and_learning_rates(key, caplog):
-    """n and the learning rate are data, not shape: any n (padded to one n_max), any learning rate and
-    any schedule run in one compiled chunk program (0 new compiles if an earlier test built it)."""
+    """n and the learning rate are data, not shape: any n (padded to one n_max), any learning rate
+    and any schedule run in one compiled chunk program (0 new compiles if an earlier test built
+    it)."""
     keys, params, x = _setup(key)
-    calls = [([30, 60, 100, 100], 0.005, 50, 8), ([100, 7, 50, 20], 0.01, 50, 8), ([90, 90, 10, 5], 0.003, 173, 30)]
+    calls = [
+        ([30, 60, 100, 100], 0.005, 50, 8),
+        ([100, 7, 50, 20], 0.01, 50, 8),
+        ([90, 90, 10, 5], 0.003, 173, 30),
+    ]
     with jax.log_compiles(), caplog.at_level(logging.WARNING):
         for sizes, learning_rate, num_steps, num_checkpoints in calls:
             result = train(
-                keys, params, nested_datasets(x, sizes), num_steps=num_steps, learning_rate=learning_rate,
-                num_checkpoints=num_checkpoints, checkpoints_per_chunk=PER_CHUNK, progress=False,
+                keys, params, nested_datasets(x, sizes), num_steps=num_steps,
+                learning_rate=learning_rate, num_checkpoints=num_checkpoints,
+                checkpoints_per_chunk=PER_CHUNK, progress=False,
             )
             assert np.all(result.is_finite)
-    compiles = [r for r in caplog.records if "Compiling" in r.getMessage() and "run_chunk" in r.getMessage()]
-    assert len(compiles) <= 1, [r.getMessage()[:80] for r in compiles]
+    messages = [r.getMessage() for r in caplog.records]
+    compiles = [m[:80] for m in messages if "Compiling" in m and "run_chunk" in m]
+    assert len(compiles) <= 1, compiles
 
 
 def test_resume_from_store_gives_the_same_trajectory(key, tmp_path):
     keys, params, x = _setup(key)
     dataset = make_dataset(x)
-    common = dict(num_steps=200, num_checkpoints=20, checkpoints_per_chunk=PER_CHUNK, progress=False)
+    common = dict(
+        num_steps=200, num_checkpoints=20, checkpoints_per_chunk=PER_CHUNK, progress=False
+    )
     fresh = train(keys, params, dataset, **common)
     store = ResultStore(tmp_path)
     seen = []
@@ -199,7 +185,9 @@ def test_resume_from_store_gives_the_same_trajectory(key, tmp_path):
 
     with pytest.raises(RuntimeError):
         train(keys, params, dataset, store=store, on_chunk=stop_after_two, **common)
-    resumed = train(keys, params, dataset, store=store, on_chunk=lambda i, s, o: seen.append(i), **common)
+    resumed = train(
+        keys, params, dataset, store=store, on_chunk=lambda i, s, o: seen.append(i), **common
+    )
     assert seen[:3] == [0, 1, 1]  # chunk 0 was loaded from disk, chunk 1 re-run after the crash
     np.testing.assert_allclose(resumed.params.W, fresh.params.W, rtol=1e-6)
     np.testing.assert_allclose(resumed.train_loss, fresh.train_loss, rtol=1e-6)
@@ -212,8 +200,9 @@ def test_resume_from_store_gives_the_same_trajectory(key, tmp_path):
 def test_divergence_is_data_and_learning_rate_is_per_run(key):
     keys, params, x = _setup(key)
     result = train(
-        keys, params, make_dataset(x), num_steps=300, learning_rate=np.array([0.005, 50.0, 0.005, 50.0]),
-        num_checkpoints=10, checkpoints_per_chunk=PER_CHUNK, progress=False,
+        keys, params, make_dataset(x), num_steps=300,
+        learning_rate=np.array([0.005, 50.0, 0.005, 50.0]), num_checkpoints=10,
+        checkpoints_per_chunk=PER_CHUNK, progress=False,
     )
     assert np.all(result.is_finite[[0, 2]])
     assert not np.any(result.is_finite[[1, 3], -1])

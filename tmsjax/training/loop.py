@@ -1,4 +1,4 @@
-"""Chunked scans: long runs as a short Python loop over jitted chunks (DESIGN.md §4).
+"""Chunked scans: long runs as a short Python loop over jitted chunks.
 
 A long run is a jitted ``lax.scan`` over a chunk of steps, called from a Python loop that updates a
 progress bar, appends each chunk's outputs to disk and can resume from the last finished chunk. This
@@ -21,7 +21,7 @@ _KEY_MARK = "__prng_key__"
 
 
 def tree_to_arrays(tree: PyTree) -> dict[str, np.ndarray]:
-    """Flattens a pytree to numbered host arrays; new-style PRNG keys are stored as their raw data."""
+    """Flattens a pytree to numbered host arrays; new-style PRNG keys are stored as raw data."""
     arrays = {}
     for index, leaf in enumerate(jax.tree.leaves(tree)):
         # Host leaves stay numpy: a jnp round trip would silently narrow 64-bit values without x64.
@@ -39,7 +39,8 @@ def arrays_to_tree(arrays: dict[str, np.ndarray], like: PyTree) -> PyTree:
     for index, leaf in enumerate(leaves):
         if f"{index}{_KEY_MARK}" in arrays:
             impl = jax.random.key_impl(leaf)
-            restored.append(jax.random.wrap_key_data(jnp.asarray(arrays[f"{index}{_KEY_MARK}"]), impl=impl))
+            data = jnp.asarray(arrays[f"{index}{_KEY_MARK}"])
+            restored.append(jax.random.wrap_key_data(data, impl=impl))
         else:
             dtype = leaf.dtype if hasattr(leaf, "dtype") else jnp.asarray(leaf).dtype
             restored.append(np.asarray(arrays[str(index)], dtype=dtype))
@@ -86,14 +87,20 @@ def run_chunked(
     if store is not None:
         signature = {
             "num_chunks": int(num_chunks),
-            "carry": [[list(np.shape(leaf)), str(getattr(leaf, "dtype", type(leaf).__name__))] for leaf in jax.tree.leaves(carry)],
+            "carry": [
+                [list(np.shape(leaf)), str(getattr(leaf, "dtype", type(leaf).__name__))]
+                for leaf in jax.tree.leaves(carry)
+            ],
             "settings": fingerprint or {},
         }
         signature = json.loads(json.dumps(to_jsonable(signature)))
         previous = store.read_json(f"{name}/fingerprint.json")
         if previous is not None and previous != signature:
             changed = sorted(k for k in signature if previous.get(k) != signature[k])
-            raise ValueError(f"{store.path(name)} holds a run with other settings ({changed}); use another store or name")
+            raise ValueError(
+                f"{store.path(name)} holds a run with other settings ({changed}); use another "
+                "store or name"
+            )
         store.write_json(f"{name}/fingerprint.json", signature)
         saved = store.load_arrays(f"{name}/carry")
         if saved is not None:
@@ -103,7 +110,9 @@ def run_chunked(
             for index in range(start):
                 loaded = store.load_arrays(f"{name}/chunk_{index:05d}")
                 outputs.append(arrays_to_tree(loaded, out_like))
-    bar = tqdm(total=num_chunks, initial=start, desc=desc or name, disable=not progress, leave=False)
+    bar = tqdm(
+        total=num_chunks, initial=start, desc=desc or name, disable=not progress, leave=False
+    )
     try:
         for index in range(start, num_chunks):
             carry, out = chunk_fn(carry, index)
@@ -112,7 +121,8 @@ def run_chunked(
                 on_chunk(index, carry, out)
             if store is not None:
                 store.save_arrays(f"{name}/chunk_{index:05d}", **tree_to_arrays(out))
-                store.save_arrays(f"{name}/carry", __num_done__=np.asarray(index + 1), **tree_to_arrays(carry))
+                done = np.asarray(index + 1)
+                store.save_arrays(f"{name}/carry", __num_done__=done, **tree_to_arrays(carry))
             outputs.append(out)
             bar.update(1)
     finally:

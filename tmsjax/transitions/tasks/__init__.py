@@ -1,13 +1,14 @@
 """Task families with known transitions (and null runs without), to score weight-only detectors.
 
 One file per family: :mod:`~tmsjax.transitions.tasks.digits` (graduated training),
-:mod:`~tmsjax.transitions.tasks.grokking` (modular addition), :mod:`~tmsjax.transitions.tasks.legendre`
-(bounded polynomials); what they share is in :mod:`~tmsjax.transitions.tasks.base`. The TMS family
-belongs to the TMS wing (:mod:`tmsjax.tms.task`); an experiment that wants it adds it to
+:mod:`~tmsjax.transitions.tasks.grokking` (modular addition),
+:mod:`~tmsjax.transitions.tasks.legendre` (bounded polynomials); what they share is in
+:mod:`~tmsjax.transitions.tasks.base`, and they train on :mod:`tmsjax.training.engine`. The TMS
+family belongs to the TMS wing (:mod:`tmsjax.tms.task`); an experiment that wants it adds it to
 :data:`FAMILIES` itself.
 """
 
-from tmsjax.transitions.tasks.base import TaskRuns, first_crossing, log_schedule
+from tmsjax.transitions.tasks.base import TaskRuns, first_crossing
 from tmsjax.transitions.tasks.digits import graduated_digits_runs, load_digits_split
 from tmsjax.transitions.tasks.grokking import EmbedMLP, grokking_runs
 from tmsjax.transitions.tasks.legendre import legendre_runs, legendre_table
@@ -25,5 +26,4 @@ __all__ = [
     "legendre_runs",
     "legendre_table",
     "load_digits_split",
-    "log_schedule",
 ]

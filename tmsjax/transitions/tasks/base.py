@@ -1,9 +1,10 @@
-r"""What every detector task family shares: the :class:`TaskRuns` record, ground-truth helpers, and the
-vmapped training of many seeds with checkpoints.
+r"""What every detector task family shares: the :class:`TaskRuns` record and ground-truth helpers.
 
-A family trains many seeds at once (one jitted, vmapped program; checkpoints at log-spaced steps) and
-returns a :class:`TaskRuns`: stacked checkpoints, losses, a task metric, the ground-truth transition
-steps of each run inside a scoring window, and which runs are null (no transition in the window by
+A family trains many seeds at once on the training engine
+(:func:`tmsjax.training.engine.run_ensemble`: one jitted, vmapped program; checkpoints at log-spaced
+steps from :func:`~tmsjax.training.schedule.checkpoint_schedule` without step 0) and returns a
+:class:`TaskRuns`: stacked checkpoints, losses, a task metric, the ground-truth transition steps of
+each run inside a scoring window, and which runs are null (no transition in the window by
 construction). The families live one per file beside this one (digits, grokking, legendre); the TMS
 family lives in the TMS wing (:mod:`tmsjax.tms.task`). All data are offline.
 """
@@ -17,9 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tmsjax.checks import check_positive_int
-from tmsjax.transitions.probes import PartitionedLoss
-from tmsjax.types import Array, Float, PRNGKey, PyTree
+from tmsjax.types import PRNGKey, PyTree
+
 
 class TaskRuns(NamedTuple):
     """Checkpointed runs of one task family with their ground truth.
@@ -37,9 +37,9 @@ class TaskRuns(NamedTuple):
       is_null: which runs are null runs (num_runs,).
       window: (low, high) steps where transitions are scored.
       loss_fn: ``loss_fn(params, data)`` of one checkpoint, for λ̂.
-      data: the dataset `loss_fn` takes for λ̂: one shared set (TMS), or with `data_per_run` one set per
-        run (a leading run axis on every leaf) covering only what that run trains on (digits: its
-        classes; grokking: its split and labels; Legendre: its degrees).
+      data: the dataset `loss_fn` takes for λ̂: one shared set (TMS), or with `data_per_run` one set
+        per run (a leading run axis on every leaf) covering only what that run trains on (digits:
+        its classes; grokking: its split and labels; Legendre: its degrees).
       num_data: its size n per run (for nβ = n / log n).
       data_per_run: whether `data` has a leading run axis.
     """
@@ -67,19 +67,16 @@ class TaskRuns(NamedTuple):
         return jax.tree.map(lambda x: x[run], self.params)
 
 
-def log_schedule(num_steps: int, num_checkpoints: int) -> np.ndarray:
-    """Distinct checkpoint steps from 1 to `num_steps`, about uniform in log-step."""
-    num_steps = check_positive_int("num_steps", num_steps)
-    num_checkpoints = check_positive_int("num_checkpoints", num_checkpoints)
-    return np.unique(np.round(np.geomspace(1, num_steps, num_checkpoints)).astype(np.int64))
-
-
 def first_crossing(steps, series, threshold: float, *, after=None, above: bool = True) -> float:
-    """The first checkpoint step (after `after`, if given) where `series` crosses `threshold`; NaN if never."""
+    """The first checkpoint step (after `after`, if given) where `series` crosses `threshold`;
+    NaN if never."""
     steps = np.asarray(steps)
     series = np.asarray(series)
     if steps.ndim != 1 or series.shape != steps.shape:
-        raise ValueError(f"series must have one value per step, got shapes steps {steps.shape} and series {series.shape}")
+        raise ValueError(
+            "series must have one value per step, got shapes steps "
+            f"{steps.shape} and series {series.shape}"
+        )
     hit = series >= threshold if above else series <= threshold
     if after is not None:
         hit &= steps >= after
@@ -95,47 +92,16 @@ def check_num_null(num_null) -> int:
 
 def check_window(window, num_steps: int) -> tuple:
     if window is None or len(window) != 2 or not (1 <= window[0] < window[1] <= num_steps):
-        raise ValueError(f"window must be a (low, high) pair with 1 <= low < high <= num_steps={num_steps}, got {window!r}")
+        raise ValueError(
+            "window must be a (low, high) pair with 1 <= low < high <= "
+            f"num_steps={num_steps}, got {window!r}"
+        )
     return tuple(window)
 
 
 def in_window(values, window) -> np.ndarray:
     values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
     return np.sort(values[(values >= window[0]) & (values <= window[1])])
-
-
-# ----------------------------------------------------------------------------------------------
-# One training engine for the non-TMS families: vmapped runs, a scan over checkpoint segments.
-
-
-class RunState(NamedTuple):
-    params: PyTree
-    opt_state: PyTree
-    step: Array
-    key: Array
-    config: PyTree  # per-run settings that the step reads (arrival steps, class order, ...)
-
-
-def train_runs(step_fn, eval_fn, states: RunState, schedule: np.ndarray):
-    """Trains every run (leading axis of `states`) and evaluates at the `schedule` steps.
-
-    A segment between checkpoints is a ``fori_loop`` whose trip count is data, so the whole run is
-    one ``lax.scan`` over segments and compiles once whatever the spacing.
-    """
-    lengths = jnp.asarray(np.diff(np.concatenate([[0], schedule])), jnp.int32)
-
-    @jax.jit
-    def run(states, lengths):
-        def one_run(state):
-            def segment(state, length):
-                state = jax.lax.fori_loop(0, length, lambda _, s: step_fn(s), state)
-                return state, eval_fn(state)
-
-            return jax.lax.scan(segment, state, lengths)[1]
-
-        return jax.vmap(one_run)(states)
-
-    return jax.device_get(run(states, lengths))
 
 
 def stack_modules(make: Callable[[PRNGKey], eqx.Module], keys) -> tuple[PyTree, PyTree]:
@@ -151,13 +117,6 @@ def scale_arrays(arrays: PyTree, alpha) -> PyTree:
     return jax.tree.map(lambda x: alpha * x, arrays)
 
 
-def optimizer_step(optimizer, state: RunState, loss_of_params: Callable[[PyTree], Array]) -> RunState:
-    """One optimizer step on ``loss_of_params(state.params)``: the update every family's step shares."""
-    grads = jax.grad(loss_of_params)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    return state._replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state, step=state.step + 1)
-
-
 def softmax_cross_entropy(model, data):
     x, y = data
     logits = jax.vmap(model)(x)
@@ -165,16 +124,12 @@ def softmax_cross_entropy(model, data):
 
 
 __all__ = [
-    "RunState",
     "TaskRuns",
     "check_num_null",
     "check_window",
     "first_crossing",
     "in_window",
-    "log_schedule",
-    "optimizer_step",
     "scale_arrays",
     "softmax_cross_entropy",
     "stack_modules",
-    "train_runs",
 ]
