@@ -37,14 +37,40 @@ def check_finite(name: str, value) -> None:
         raise ValueError(f"{name} contains NaN or inf values")
 
 
-def check_positive_int(name: str, value) -> int:
+def _is_int(value) -> bool:
     try:
-        ok = not isinstance(value, bool) and int(value) == value and int(value) > 0
+        return not isinstance(value, bool | str) and int(value) == value
     except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
+        return False
+
+
+def check_positive_int(name: str, value) -> int:
+    """`value` as an int; raises unless it is an integer (of any type, not bool) above 0."""
+    if not (_is_int(value) and int(value) > 0):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def check_nonnegative_int(name: str, value) -> int:
+    """`value` as an int; raises unless it is an integer (of any type, not bool) ≥ 0."""
+    if not (_is_int(value) and int(value) >= 0):
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def check_real_array(name: str, value, ndim: int) -> np.ndarray:
+    """A non-empty, finite float64 numpy array with `ndim` dimensions (host-side settings, not traced data)."""
+    if isinstance(value, str):
+        raise ValueError(f"{name} must be an array of numbers, got a string")
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be an array of numbers, got {value!r}") from error
+    if array.ndim != ndim or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty {ndim}-d array, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return array
 
 
 def check_params(W, b, *, batched: bool = False, num_hidden: int | None = None):
