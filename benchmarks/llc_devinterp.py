@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import report, time_jax
-from tmsjax.tms import losses
 from tmsjax import llc
+from tmsjax.tms import losses
 from tmsjax.tms.critical import critical_points
 from tmsjax.tms.data import make_dataset, sample_sparse_limit
 from tmsjax.tms.model import TMSParams, init_near_kgon
@@ -85,9 +85,12 @@ def run(quick: bool = False) -> list[dict]:
     center = TMSParams(jnp.asarray(hexagon.W, jnp.float32), jnp.asarray(hexagon.b, jnp.float32))
     repeat = 2 if quick else 5
 
+    settings = llc.LLCSettings(
+        step_size=STEP_SIZE, localization=LOCALIZATION, num_chains=NUM_CHAINS, num_steps=NUM_STEPS
+    )
+
     def single(key):
-        return llc.estimate_llc(key, losses.row_loss, center, dataset, step_size=STEP_SIZE, localization=LOCALIZATION,
-                                num_chains=NUM_CHAINS, num_steps=NUM_STEPS)
+        return llc.estimate_llc(key, losses.row_loss, center, dataset, settings)
 
     first, steady = time_jax(single, jax.random.key(1), repeat=repeat)
     ours = single(jax.random.key(1))
@@ -99,8 +102,7 @@ def run(quick: bool = False) -> list[dict]:
     params = jax.tree.map(lambda *leaves: jnp.stack(leaves).reshape(NUM_RUNS, NUM_CHECKPOINTS, *leaves[0].shape), *centres)
 
     def along(key):
-        return llc.llc_along_training(key, losses.row_loss, params, dataset, step_size=STEP_SIZE,
-                                      localization=LOCALIZATION, num_chains=NUM_CHAINS, num_steps=NUM_STEPS)
+        return llc.llc_along_training(key, losses.row_loss, params, dataset, settings)
 
     along_first, along_steady = time_jax(along, jax.random.key(3), repeat=1 if quick else 3)
 

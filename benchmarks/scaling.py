@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import report, time_jax
+from tmsjax.llc import SGLD, LLCSettings, default_nbeta, sample_llc
 from tmsjax.tms.critical import critical_points
 from tmsjax.tms.data import make_dataset, sample_sparse_limit
-from tmsjax.llc import LLCConfig, default_nbeta, sample_llc
 from tmsjax.tms.losses import row_loss
 from tmsjax.tms.model import TMSParams
 
@@ -31,9 +31,10 @@ NUM_FEATURES, NUM_HIDDEN = 6, 2
 
 @functools.partial(jax.jit, static_argnames=("num_chains", "num_steps"))
 def _run(key, center, data, *, num_chains, num_steps):
-    config = LLCConfig(num_chains=num_chains, num_steps=num_steps, estimate_acceptance=False)
+    sampler = SGLD(estimate_acceptance=False)
+    chains = LLCSettings(num_chains=num_chains, num_steps=num_steps, sampler=sampler).chains
     nbeta = default_nbeta(data.num_data)
-    return sample_llc(key, center, data, nbeta, 1e-3, 1.0, loss_fn=row_loss, config=config).llc
+    return sample_llc(key, center, data, nbeta, 1e-3, 1.0, loss_fn=row_loss, chains=chains).llc
 
 
 def _flops_per_chain_step(num_data):

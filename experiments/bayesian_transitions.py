@@ -74,21 +74,27 @@ with every O(1) term (``experiments.laplace_crossing``) at 313, the leading-orde
 import argparse
 import json
 import math
+import sys
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
+from experiments import common
+from tmsjax.results import ResultStore
 from tmsjax.sampling import diagnostics
+from tmsjax.sampling.nuts import lockstep_efficiency, make_chees_sweep, make_nuts_sweep
+from tmsjax.sampling.smc import make_smc_sweep
 from tmsjax.tms import theory
 from tmsjax.tms.critical import critical_points
 from tmsjax.tms.data import Dataset, nested_datasets, sample_sparse_limit, sparse_limit_stats
 from tmsjax.tms.model import TMSParams
 from tmsjax.tms.phases import canonicalize, classify_batch, phase_labels
-from tmsjax.tms.posterior import make_logdensity_fn
-from tmsjax.results import ResultStore
-from tmsjax.sampling.nuts import lockstep_efficiency, make_chees_sweep, make_nuts_sweep
+from tmsjax.tms.plotting import phase_colors, pretty_label
+from tmsjax.tms.posterior import log_likelihood, log_prior, make_logdensity_fn
 
 PRESETS = {
     # CPU default: nine n around the predicted transitions, 4 chains per theory phase.
@@ -97,10 +103,11 @@ PRESETS = {
         num_warmup=400, num_samples=400, max_doublings=5, block_sizes=3, smc_particles=1000, smc_replicates=4,
     ),
     # GPU: the paper's range, 100..2000 for c = 6 (c = 4, 5 get 100..600 in their own run).
+    # num_features None: the paper's three systems c = 6, 5, 4, each in its own folder.
     "paper": dict(
-        num_features=6, sizes="100,150,200,250,300,400,500,600,700,800,900,1000,1200,1400,1700,2000",
+        num_features=None, sizes="100,150,200,250,300,400,500,600,700,800,900,1000,1200,1400,1700,2000",
         chains_per_phase=32, num_warmup=1000, num_samples=2000, max_doublings=8, block_sizes=16,
-        smc_particles=4000, smc_replicates=8,
+        smc_particles=4000, smc_replicates=8, tsne_points=1500,
     ),
     # Seconds: two n, one chain per phase, a few steps; only checks that every stage runs.
     "smoke": dict(
@@ -111,11 +118,7 @@ PRESETS = {
 PAPER_SMALL_C_SIZES = "100,150,200,250,300,400,500,600"
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder (re-running resumes)")
-    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
-    parser.add_argument("--smoke", action="store_true", help="tiny run (seconds), for tests")
+def add_arguments(parser):
     parser.add_argument("--num-features", type=int, default=None, help="c (preset: 6)")
     parser.add_argument("--sizes", default=None, help="comma-separated dataset sizes n")
     parser.add_argument("--chains-per-phase", type=int, default=None)
@@ -135,34 +138,43 @@ def parse_args(argv=None):
     parser.add_argument("--temperature", type=float, default=1.0, help="likelihood scale T")
     parser.add_argument("--llc-estimates", default=None, help='JSON dict of λ for 4-gons, e.g. \'{"4": 5.0}\'')
     parser.add_argument("--tsne-points", type=int, default=None, help="0 skips the t-SNE (default 1500)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dataset draw and of the chains")
     parser.add_argument(
         "--dataset-seeds", default=None,
         help="comma-separated seeds, e.g. 0,1,2: one run per dataset draw in DIR/seed_S, and the crossing "
         "reported as mean ± spread over datasets in DIR/summary.json (overrides --seed)",
     )
-    parser.add_argument("--no-progress", action="store_true")
-    return parser.parse_args(argv)
+
+
+def check(args):
+    sizes = sorted({int(s) for s in str(args.sizes).split(",")})
+    if not sizes or min(sizes) <= 0:
+        raise ValueError(f"--sizes must be positive integers, got {args.sizes!r}")
 
 
 def settings_from_args(args) -> dict:
-    preset = dict(PRESETS["smoke" if args.smoke else args.preset])
-    for name in ("num_features", "sizes", "chains_per_phase", "num_warmup", "num_samples", "max_doublings", "block_sizes",
-                 "smc_particles", "smc_replicates"):
-        value = getattr(args, name)
-        if value is not None:
-            preset[name] = value
-    sizes = sorted({int(s) for s in str(preset["sizes"]).split(",")})
-    if not sizes or min(sizes) <= 0:
-        raise ValueError(f"--sizes must be positive integers, got {preset['sizes']!r}")
-    preset["sizes"] = sizes
-    tsne_points = preset.pop("tsne_points", 1500) if args.tsne_points is None else args.tsne_points
-    preset.update(
-        sampler=args.sampler, likelihood=args.likelihood, init=args.init, prior_std=args.prior_std, temperature=args.temperature,
-        llc_estimates=json.loads(args.llc_estimates) if args.llc_estimates else {}, seed=args.seed,
-        tsne_points=int(tsne_points),
-    )
-    return preset
+    """The settings of one sweep (one c, one dataset seed), for the sampler and config.json."""
+    names = ("num_features", "chains_per_phase", "num_warmup", "num_samples", "max_doublings", "block_sizes",
+             "smc_particles", "smc_replicates", "sampler", "likelihood", "init", "prior_std", "temperature", "seed")
+    settings = {name: getattr(args, name) for name in names}
+    settings["sizes"] = sorted({int(s) for s in str(args.sizes).split(",")})
+    settings["llc_estimates"] = json.loads(args.llc_estimates) if args.llc_estimates else {}
+    settings["tsne_points"] = int(args.tsne_points)
+    return settings
+
+
+class SweepKeys(NamedTuple):
+    data: jax.Array
+    chains: jax.Array
+
+
+def sweep_keys(seed: int) -> SweepKeys:
+    """The one key schedule of a sweep: the dataset draw and the chains (or SMC particles)."""
+    return SweepKeys(*jax.random.split(jax.random.key(seed)))
+
+
+def dataset_rows(seed: int, n_max: int, num_features: int):
+    """The sweep's dataset draw for `seed`: n_max rows; every n uses the first n (nested datasets)."""
+    return sample_sparse_limit(sweep_keys(seed).data, n_max, num_features)
 
 
 def initial_positions(key, labels, num_features, init: str, num_chains: int) -> TMSParams:
@@ -194,7 +206,6 @@ def phase_switches(ids: np.ndarray) -> np.ndarray:
 
 def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None:
     """Runs every dataset size not yet on disk, a block of n values per compiled call."""
-    from tqdm.auto import tqdm
 
     c = settings["num_features"]
     sizes = settings["sizes"]
@@ -207,19 +218,18 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
     if not init_labels:  # c = 4: no phase with known λ; start near the lowest-loss catalogue points
         init_labels = [p.label for p in critical_points(c)[:3]]
     num_chains = settings["chains_per_phase"] * len(init_labels)
-    key = jax.random.key(settings["seed"])
-    key_data, key_run = jax.random.split(key)
+    key_run = sweep_keys(settings["seed"]).chains
     n_max = max(sizes)
-    x = sample_sparse_limit(key_data, n_max, c)
+    x = dataset_rows(settings["seed"], n_max, c)
     logdensity_fn = make_logdensity_fn(settings["prior_std"], settings["temperature"])
-    common = dict(num_warmup=settings["num_warmup"], num_samples=settings["num_samples"])
+    draws = dict(num_warmup=settings["num_warmup"], num_samples=settings["num_samples"])
     rows = settings["likelihood"] == "rows"
     if settings["sampler"] == "nuts":
         # Nested datasets share their rows: x goes in once, only the masks are per lane.
         sweep = make_nuts_sweep(logdensity_fn, max_num_doublings=settings["max_doublings"],
-                                data_axes=Dataset(x=None, mask=0) if rows else 0, **common)
+                                data_axes=Dataset(x=None, mask=0) if rows else 0, **draws)
     else:
-        sweep = make_chees_sweep(logdensity_fn, num_chains=num_chains, **common)
+        sweep = make_chees_sweep(logdensity_fn, num_chains=num_chains, **draws)
     block = settings["block_sizes"]
     blocks = [todo[i : i + block] for i in range(0, len(todo), block)]
     bar = tqdm(total=len(todo), desc=f"{settings['sampler']} sweep c={c}", disable=not progress)
@@ -264,15 +274,12 @@ def block_data(x, sizes, likelihood: str):
 def run_smc_sweep(settings: dict, store: ResultStore, todo: list, progress: bool = True) -> None:
     """Tempered SMC from the prior: `smc_replicates` independent runs of `smc_particles` per n, all
     (n, replicate) runs of a block in one compiled program (tmsjax.sampling.smc)."""
-    from tqdm.auto import tqdm
 
-    from tmsjax.tms.posterior import log_likelihood, log_prior
-    from tmsjax.sampling.smc import make_smc_sweep
 
     c = settings["num_features"]
     replicates, num_particles = settings["smc_replicates"], settings["smc_particles"]
-    key_data, key_run = jax.random.split(jax.random.key(settings["seed"]))
-    x = sample_sparse_limit(key_data, max(settings["sizes"]), c)
+    key_run = sweep_keys(settings["seed"]).chains
+    x = dataset_rows(settings["seed"], max(settings["sizes"]), c)
     prior_std, temperature = settings["prior_std"], settings["temperature"]
     sweep = make_smc_sweep(lambda w: log_prior(w, prior_std), lambda w, d: log_likelihood(w, d, temperature))
     block = settings["block_sizes"]
@@ -439,7 +446,7 @@ def analyse(settings: dict, store: ResultStore) -> dict:
 
 CROSSING_NOTE = (
     "The theoretical crossings come from the leading-order free energy F_n = nL + lambda log n + c, "
-    "c = |w*|^2/2 (PAPER_NOTES section 5): 5->6 at n = 601 (445 without the constant c). The posterior "
+    "c = |w*|^2/2 (docs/paper_numbers.md §5): 5->6 at n = 601 (445 without the constant c). The posterior "
     "itself crosses earlier on most dataset draws, and that is not a sampler artefact: tempered SMC from "
     "the prior (--sampler smc), which never needs a chain to cross between phases, gives the same "
     "occupancies as NUTS. The formula drops O(1) terms that are as large as the margin it decides: the "
@@ -485,7 +492,6 @@ def occupancy_figure(sizes, occupancy, errors, n_grid, theory_occupancy, tlabels
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from tmsjax.tms.plotting import phase_colors, pretty_label
 
     colors = phase_colors(tlabels + ["unknown"])
     colors["other"] = colors["unknown"]
@@ -520,7 +526,6 @@ def tsne_figure(store, sizes, table, c, settings):
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
 
-    from tmsjax.tms.plotting import phase_colors, pretty_label
 
     Ws, bs, ids = [], [], []
     for n in sizes:
@@ -551,12 +556,13 @@ def tsne_figure(store, sizes, table, c, settings):
 
 
 def main(args) -> dict:
-    if args.preset == "paper" and not args.smoke and args.num_features is None:
+    if args.num_features is None:
         # The paper's three systems, each in its own folder: c = 6 (n to 2000), c = 5 and 4 (n to 600).
         summaries = {}
         for c in (6, 5, 4):
             sub = argparse.Namespace(**{**vars(args), "num_features": c, "out": f"{args.out}/c{c}",
-                                        "sizes": args.sizes or (None if c == 6 else PAPER_SMALL_C_SIZES)})
+                                        "sizes": PAPER_SMALL_C_SIZES if c != 6 and args.sizes == PRESETS["paper"]["sizes"]
+                                        else args.sizes})
             summaries[c] = main(sub)
         return summaries
     if args.dataset_seeds:
@@ -564,7 +570,7 @@ def main(args) -> dict:
     settings = settings_from_args(args)
     store = ResultStore(args.out)
     store.write_config(settings)
-    run_sweep(settings, store, progress=not args.no_progress)
+    run_sweep(settings, store, progress=args.progress)
     summary = analyse(settings, store)
     print(json.dumps({k: summary[k] for k in ("occupancy", "theoretical_crossings", "empirical_crossings")}, indent=1, default=float))
     return summary
@@ -644,4 +650,4 @@ def datasets_figure(summary):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    common.run_module(sys.modules[__name__])

@@ -14,24 +14,29 @@ References: Chen, Lau, Mendel, Wei, Murfet (2023), arXiv:2310.06301, §3, App. A
 Usage: python -m experiments.critical_points --out results/critical_points [--features 4,5,6,7,8]
 """
 
-import argparse
+import sys
 
+from experiments import common
+from tmsjax.results import ResultStore
 from tmsjax.tms.critical import critical_points
 from tmsjax.tms.plotting import energy_diagram
-from tmsjax.results import ResultStore
+
+# Exact computation: the same at every scale but smoke, which does c = 6 only.
+PRESETS = {"smoke": {"features": "6"}, "cpu": {"features": "4,5,6,7,8"}, "paper": {"features": "4,5,6,7,8"}}
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--features", default="4,5,6,7,8", help="comma-separated numbers of features c")
-    parser.add_argument("--smoke", action="store_true", help="c = 6 only (seconds)")
-    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu", help="exact computation: same at every scale")
-    return parser.parse_args(argv)
+def add_arguments(parser):
+    parser.add_argument("--features", default=None, help="comma-separated numbers of features c (preset: 4,5,6,7,8)")
+
+
+def check(args):
+    features = [int(c) for c in str(args.features).split(",")]
+    if min(features) < 3:
+        raise ValueError(f"--features must all be at least 3, got {args.features}")
 
 
 def main(args) -> dict:
-    features = [6] if args.smoke else [int(c) for c in args.features.split(",")]
+    features = [int(c) for c in str(args.features).split(",")]
     store = ResultStore(args.out)
     store.write_config({"features": features})
     catalogues = {}
@@ -54,4 +59,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    common.run_module(sys.modules[__name__])

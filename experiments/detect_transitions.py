@@ -10,26 +10,34 @@ PELT on the rate, binary segmentation on the level, the slope-sign rule), and sc
 matched F1 within a tolerance in decades of steps, with false positives on null runs, against the
 loss-only, evenly spaced and random baselines on the same runs.
 
-λ̂ health: every λ̂ estimate carries the LLC engine's verdicts (:mod:`tmsjax.llc`); non-finite and
-escaped estimates (and negative pooled ones) are excluded before detection (:func:`tmsjax.transitions.probes.llc_health`)
-and counted in summary.json's ``llc_health``. The SGLD settings of the MLP families come from an
+λ̂ health: every λ̂ estimate carries the LLC engine's per-chain diagnostics (:mod:`tmsjax.llc`);
+estimates that are not usable (:func:`tmsjax.llc.usable`: a chain blew up or escaped) are excluded
+before detection, and the problems counted in summary.json's ``llc_health``
+(:func:`tmsjax.llc.problem_counts`). The SGLD settings of the MLP families come from an
 ``llc_grid`` check (see ``LLC_MLP`` below).
 
 Run: ``python -m experiments.detect_transitions --out results/detect`` (CPU: about 3 min of wall
 clock on 2 cores shared at load ~5, most of it compiling one training and one λ̂ program per family);
-``--preset large`` (alias ``paper``) for a GPU; ``--smoke`` for a short check. Writes config.json,
+``--preset paper`` for a GPU; ``--smoke`` for a short check. Writes config.json,
 summary.json (the table, λ̂ health, a ``findings`` paragraph, seconds per stage), scores.npz (F1
 curves), probes_<family>.npz and figures: probes_<family>.png (probes of one run with true and
 detected transitions marked), f1_curves.png, weight_histogram.png (the seed's weight-value animation
 as an image over time).
 """
 
-import argparse
 import os
+import sys
 import time
 
 import jax
 import numpy as np
+
+from experiments import common
+from tmsjax import llc
+from tmsjax.results import ResultStore
+from tmsjax.tms.task import tms_runs
+from tmsjax.transitions import changepoints, probes
+from tmsjax.transitions.tasks import FAMILIES as GENERIC_FAMILIES
 
 # λ̂ settings of the MLP families (digits, grokking, legendre), picked by an llc_grid check rather than
 # guessed: ε ∈ {1e-5, 3e-5, 1e-4} × γ ∈ {300, 1000, 3000} at nβ = n/log n (n = 256), 2 chains × 300
@@ -57,8 +65,9 @@ LLC_SKIP_REASON = (
     "estimates are healthy only once a run has seen all its classes"
 )
 
-PRESETS = {
-    # num_runs live + num_null null runs per family, per-family overrides, λ̂ chain settings.
+# num_runs live + num_null null runs per family, per-family overrides, λ̂ chain settings; PRESETS
+# below holds the part a flag can override (--num-runs).
+SCALES = {
     "smoke": dict(
         num_runs=2, num_null=1, llc=True, llc_checkpoints=6, llc_steps=40, llc_chains=1,
         families=dict(
@@ -68,14 +77,14 @@ PRESETS = {
             legendre=dict(num_steps=200, num_checkpoints=24, window=(10, 200), hidden=32),
         ),
     ),
-    "default": dict(
+    "cpu": dict(
         num_runs=10, num_null=2, llc=True, llc_checkpoints=20, llc_steps=300, llc_chains=1, llc_skip=("digits",),
         families=dict(
             tms=dict(num_checkpoints=80), digits=dict(num_checkpoints=80),
             grokking=dict(num_checkpoints=80), legendre=dict(num_checkpoints=80),
         ),
     ),
-    "large": dict(
+    "paper": dict(
         num_runs=32, num_null=8, llc=True, llc_checkpoints=100, llc_steps=500, llc_chains=4,
         families=dict(
             tms=dict(num_steps=100_000, num_checkpoints=200, window=(100, 100_000)),
@@ -85,25 +94,21 @@ PRESETS = {
         ),
     ),
 }
-PRESETS["paper"] = PRESETS["large"]  # `python -m experiments.reproduce --preset paper` passes --preset paper
+PRESETS = {name: {"num_runs": scale["num_runs"]} for name, scale in SCALES.items()}
 TOLERANCES = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
 REFERENCE_TOLERANCE = 0.2  # decades: a transition found within a factor 10^0.2 ≈ 1.6 of its step
 LLC_DATA = 256  # λ̂ uses at most this many training examples (cost: a probe, not a converged estimate)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="default")
-    parser.add_argument("--smoke", action="store_true", help="tiny settings (seconds), for tests")
+def add_arguments(parser):
     parser.add_argument("--families", default="tms,digits,grokking,legendre", help="comma-separated task families")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-llc", action="store_true", help="skip the λ̂ probe (the costly one)")
-    parser.add_argument("--num-runs", type=int, default=None, help="live runs per family (default: the preset's)")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.preset = "smoke"
-    return args
+    parser.add_argument("--num-runs", type=int, default=None, help="live runs per family (preset)")
+
+
+def check(args):
+    if args.num_runs < 1:
+        raise ValueError(f"--num-runs must be positive, got {args.num_runs}")
 
 
 def _subset(data, size, axis):
@@ -127,8 +132,6 @@ def llc_checkpoints(steps, window, count) -> np.ndarray:
 
 
 def _probe_all_runs(params, edges):
-    from tmsjax.transitions import probes
-
     return jax.vmap(lambda p: probes.probe_trajectory(p, edges))(params)
 
 
@@ -139,8 +142,6 @@ _probe_all_runs_jit = jax.jit(_probe_all_runs)
 def probe_series(task, preset, key, use_llc):
     """Scalar probe series (runs, checkpoints) per probe name, histograms over time of run 0, the bin
     edges, and the λ̂ health (None without λ̂)."""
-    from tmsjax.transitions import probes
-
     params = task.params
     leaves = probes.parameter_leaves(jax.tree.map(lambda x: x[0], params))
     span = max(float(np.max(np.abs(np.asarray(leaf)))) for leaf in leaves)
@@ -160,33 +161,38 @@ def probe_series(task, preset, key, use_llc):
         else:
             data, n = _subset(task.data, LLC_DATA, axis=1 if task.data_per_run else 0)
             settings = LLC_MLP
-        result = probes.llc_probe_result(
-            key, task.loss_fn, thinned, data, nbeta=n / np.log(n), data_per_run=task.data_per_run,
-            num_chains=preset["llc_chains"], num_steps=preset["llc_steps"], num_burnin=preset["llc_steps"] // 4,
-            cell_batch=None if jax.default_backend() == "gpu" else 8, **settings,
+        llc_settings = llc.LLCSettings(
+            **settings, nbeta=n / np.log(n), num_chains=preset["llc_chains"],
+            num_steps=preset["llc_steps"], num_burnin=preset["llc_steps"] // 4,
         )
-        usable, counts = probes.llc_health(result)
-        llc = np.asarray(result.llc, dtype=float)
+        result = probes.llc_probe_result(
+            key, task.loss_fn, thinned, data, llc_settings, data_per_run=task.data_per_run,
+            cell_batch=None if jax.default_backend() == "gpu" else 8,
+        )
+        usable, counts = np.asarray(llc.usable(result)), llc.problem_counts(result)
+        llc_hat = np.asarray(result.llc, dtype=float)
         # Interpolate the usable estimates back onto every checkpoint in log-step so all probes share
         # one time axis; a run with fewer than 4 usable estimates gets no λ̂ series (NaN: no detection).
         log_steps = np.log10(task.steps)
         rows = []
         for run in range(task.num_runs):
             keep = usable[run]
-            rows.append(np.interp(log_steps, log_steps[thin][keep], llc[run, keep]) if keep.sum() >= 4 else np.full(log_steps.shape, np.nan))
+            if keep.sum() >= 4:
+                rows.append(np.interp(log_steps, log_steps[thin][keep], llc_hat[run, keep]))
+            else:
+                rows.append(np.full(log_steps.shape, np.nan))
         series["llc"] = np.stack(rows)
-        health = dict(settings=dict(settings, nbeta=n / np.log(n), num_data=n, num_chains=preset["llc_chains"],
-                                    num_steps=preset["llc_steps"], num_burnin=preset["llc_steps"] // 4),
-                      counts=counts, runs_without_series=int(sum(np.isnan(r).all() for r in rows)),
-                      seconds=time.perf_counter() - start)
+        health = dict(
+            settings=llc_settings.to_dict() | {"num_data": n}, counts=counts,
+            runs_without_series=int(sum(np.isnan(r).all() for r in rows)),
+            seconds=time.perf_counter() - start,
+        )
     series["loss"] = np.asarray(task.train_loss)
     return series, histogram, edges, health
 
 
 def build_detectors(probe_names):
     """(name, probe, function(steps, values, window) -> Detection) for every probe × method."""
-    from tmsjax.transitions import changepoints
-
     detectors = []
     for probe in probe_names:
         detectors.append((f"{probe}/pelt_rate", probe, lambda s, v, w: changepoints.detect_changepoints(s, v, window=w)))
@@ -196,8 +202,6 @@ def build_detectors(probe_names):
 
 
 def score_family(task, series, key):
-    from tmsjax.transitions import changepoints
-
     detectors = build_detectors([name for name in series if name != "loss"])
     detectors += [(f"baseline_loss/{name.split('/')[1]}", "loss", fn) for name, _, fn in build_detectors(["loss"])]
     live = ~task.is_null
@@ -239,7 +243,7 @@ def plot_family(store, task, series, detections, run):
         ax.set_ylabel(name.replace("_", " "), fontsize=8)
         for step in task.transitions[run]:
             ax.axvline(step, color="black", ls="--", lw=1)
-        key = f"baseline_loss/pelt_rate" if name == "loss" else f"{name}/pelt_rate"
+        key = "baseline_loss/pelt_rate" if name == "loss" else f"{name}/pelt_rate"
         for step in detections.get(key, [None] * (run + 1))[run].steps if key in detections else []:
             ax.axvline(step, color="tab:red", lw=1.5, alpha=0.7)
         ax.axvspan(task.steps[0], task.window[0], color="0.9")
@@ -284,16 +288,8 @@ def plot_f1_curves(store, table):
 
 
 def main(args):
-    from tmsjax.results import ResultStore
-    from tmsjax.transitions.tasks import FAMILIES as GENERIC_FAMILIES
-    from tmsjax.tms.task import tms_runs
-
     FAMILIES = {"tms": tms_runs, **GENERIC_FAMILIES}
-    preset = dict(PRESETS[args.preset])
-    if args.num_runs is not None:
-        if args.num_runs < 1:
-            raise ValueError(f"--num-runs must be positive, got {args.num_runs}")
-        preset["num_runs"] = args.num_runs
+    preset = dict(SCALES[args.preset], num_runs=args.num_runs)
     families = [f for f in args.families.split(",") if f]
     for family in families:
         if family not in FAMILIES:
@@ -353,8 +349,8 @@ def findings(compact, llc_health, preset) -> str:
     tolerance) against the loss-only and evenly-spaced baselines, and on the λ̂ health."""
     parts = []
     for family, rows in compact.items():
-        probes = {k: v for k, v in rows.items() if not k.startswith("baseline")}
-        best_name, best = max(probes.items(), key=lambda item: item[1]["f1"])
+        detectors = {k: v for k, v in rows.items() if not k.startswith("baseline")}
+        best_name, best = max(detectors.items(), key=lambda item: item[1]["f1"])
         loss = max((v["f1"] for k, v in rows.items() if k.startswith("baseline_loss")), default=0.0)
         even = rows["baseline_evenly_spaced"]["f1"]
         reference = max(loss, even)
@@ -413,4 +409,4 @@ def format_table(compact) -> str:
 
 if __name__ == "__main__":
     os.environ.setdefault("MPLBACKEND", "Agg")
-    main(parse_args())
+    common.run_module(sys.modules[__name__])

@@ -37,32 +37,35 @@ Usage:
   python -m experiments.developmental_stages --out results/stages --from results/sgd --llc results/llc_trajectories
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from experiments import common, sgd_plateaus
+from tmsjax.results import ResultStore
+from tmsjax.tms.critical import critical_points
+from tmsjax.tms.plateaus import analyse_runs
+from tmsjax.tms.plotting import draw_energy_levels, pretty_label
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder")
+# The ensemble trained here (no --from) follows sgd_plateaus' preset of the same name.
+PRESETS = {"smoke": {"frames": 5}, "cpu": {"frames": 90}, "paper": {"frames": 90}}
+
+
+def add_arguments(parser):
     parser.add_argument("--from", dest="source", default=None, help="an experiments.sgd_plateaus output folder to read")
-    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu", help="ensemble size when training here")
-    parser.add_argument("--smoke", action="store_true", help="tiny run and few frames (seconds) for tests")
     parser.add_argument("--runs", type=int, default=None, help="number of SGD runs to choose from")
     parser.add_argument("--steps", type=int, default=None, help="SGD steps per run")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run", type=int, default=None, help="animate this run instead of choosing one")
-    parser.add_argument("--frames", type=int, default=None, help="at most this many frames (default 90)")
+    parser.add_argument("--frames", type=int, default=None, help="at most this many frames")
     parser.add_argument("--fps", type=int, default=8)
     parser.add_argument("--llc", default=None,
                         help="an llc_trajectories output folder, or an npz with `steps` and `llc` ((T,) or (runs, T))")
-    args = parser.parse_args(argv)
-    args.frames = (5 if args.smoke else 90) if args.frames is None else args.frames
+
+
+def check(args):
     if args.frames < 2:
-        parser.error("--frames must be at least 2")
-    return args
+        raise ValueError("--frames must be at least 2")
 
 
 def choose_run(analysis, final_losses) -> int:
@@ -102,8 +105,6 @@ def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, l
     """
     import matplotlib.pyplot as plt
     from matplotlib.animation import FuncAnimation
-
-    from tmsjax.tms.plotting import draw_energy_levels, pretty_label
 
     steps, W, b, losses = (np.asarray(v) for v in (steps, W, b, losses))
     num_features = W.shape[-1]
@@ -198,16 +199,15 @@ def _load_or_train(args):
         with np.load(Path(args.source) / "trajectory.npz") as data:
             table = np.asarray(data["phase_table"], dtype=object)
             return data["steps"], data["W"], data["b"], data["population_loss"], table[data["phase_ids"]], None
-    from experiments import sgd_plateaus
-
-    argv = ["--out", args.out, "--preset", args.preset, "--seed", str(args.seed), "--no-progress"]
-    argv += ["--smoke"] if args.smoke else []
-    argv += [] if args.runs is None else ["--runs", str(args.runs)]
-    argv += [] if args.steps is None else ["--steps", str(args.steps)]
-    ensemble_args = sgd_plateaus.parse_args(argv)
+    ensemble_args = common.configure(
+        sgd_plateaus, args.out, preset=args.preset, seed=args.seed, no_progress=True,
+        runs=args.runs, steps=args.steps,
+    )
     trajectory, ids, table = sgd_plateaus.run_ensemble(ensemble_args)
     W, b = trajectory.params
-    return trajectory.steps, W, b, trajectory.population_loss, np.asarray(table, dtype=object)[ids], sgd_plateaus.settings(ensemble_args)
+    labels = np.asarray(table, dtype=object)[ids]
+    losses = trajectory.population_loss
+    return trajectory.steps, W, b, losses, labels, common.settings(ensemble_args)
 
 
 def llc_file(args) -> Path | None:
@@ -268,12 +268,8 @@ def load_llc(path: Path, run: int, steps, population_loss, *, run_given: bool = 
 def main(args):
     from matplotlib.animation import PillowWriter
 
-    from tmsjax.tms.critical import critical_points
-    from tmsjax.tms.plateaus import analyse_runs
-    from tmsjax.results import ResultStore
-
     store = ResultStore(args.out)
-    store.write_config({k: v for k, v in vars(args).items() if k != "out"})
+    store.write_config(common.settings(args))
     steps, W, b, losses, labels, ensemble = _load_or_train(args)
     num_features = W.shape[-1]
     analysis = analyse_runs(steps, losses, num_features=num_features, phase_labels=labels)
@@ -285,8 +281,6 @@ def main(args):
     if llc_path is not None:
         llc, llc_steps, llc_stderr, llc_note = load_llc(llc_path, run, steps, losses, run_given=args.run is not None)
         print(llc_note)
-    from tmsjax.tms.plotting import pretty_label
-
     path = " → ".join(pretty_label(label) for label in analysis.runs[run].path)
     title = f"Developmental stages of TMS (c = {num_features}): run {run}, path {path}"
     fig, animation = animate(steps, W[run], b[run], losses[run], critical_points(num_features), llc=llc, llc_steps=llc_steps,
@@ -314,4 +308,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:]))
+    common.run_module(sys.modules[__name__])

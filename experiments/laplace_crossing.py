@@ -5,7 +5,7 @@ n ≈ 601, the sampled posterior (NUTS, and tempered SMC from the prior) mostly 
 make the difference? For one dataset draw (the nested datasets of ``bayesian_transitions --seed S``)
 and each n, the log posterior odds :math:`\log(p_6/p_5)` of the 6-gon against the 5-gon are computed
 
-1. ``leading_order``: :math:`F_5 - F_6` with the catalogue's population losses (PAPER_NOTES §5);
+1. ``leading_order``: :math:`F_5 - F_6` with the catalogue's population losses (docs/paper_numbers.md §5);
 2. ``leading_order_data``: the same with this dataset's losses :math:`nL_n(w^*)` at the critical points,
    the 5-gon's six choices of dead feature combined by log-sum-exp (minus log 6, so that it reduces to
    1. when every choice costs the same);
@@ -24,22 +24,22 @@ Usage:
       --from results/bayes
 """
 
-import argparse
 import itertools
 import json
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp
 
+from experiments import bayesian_transitions, common
+from tmsjax.results import ResultStore
 from tmsjax.tms.critical import critical_points
-from tmsjax.tms.data import sample_sparse_limit
 from tmsjax.tms.model import TMSParams, reconstruct
 from tmsjax.tms.phases import DEAD_FRACTION, phase_labels
 from tmsjax.tms.potential import population_loss
-from tmsjax.results import ResultStore
 
 NUM_FEATURES = 6
 
@@ -76,7 +76,6 @@ def _laplace_one(live0, live_index, x, n_mask, dead_W, dead_b):
     rotation = jnp.arange(eigenvalues.size) == jnp.argmin(jnp.abs(eigenvalues))
     log_det = jnp.sum(jnp.where(rotation, 0.0, jnp.log(jnp.abs(eigenvalues))))
     min_curvature = jnp.min(jnp.where(rotation, jnp.inf, eigenvalues))
-    d = live.size
     # ∫ = e^{−E} (2π)^{−d/2} (prior normalisation) (2π)^{(d−1)/2} det'^{−1/2} · 2π‖W‖ (the orbit).
     log_integral = (-energy(live) - 0.5 * math.log(2 * math.pi) - 0.5 * log_det
                     + math.log(2 * math.pi) + jnp.log(jnp.linalg.norm(live[: 2 * k])))
@@ -158,16 +157,27 @@ def crossing(sizes, log_odds) -> float:
     return float("nan")
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--seed", type=int, default=0, help="dataset seed, as in bayesian_transitions")
-    parser.add_argument("--sizes", default="300,400,450,500,600,700")
+PRESETS = {
+    "smoke": {"sizes": "300,400"},
+    "cpu": {"sizes": "300,400,450,500,600,700"},
+    "paper": {"sizes": "300,350,400,450,500,550,600,650,700,800"},
+}
+
+
+def add_arguments(parser):
+    parser.add_argument("--sizes", default=None, help="comma-separated dataset sizes n (preset)")
     parser.add_argument("--from", dest="sampled", default=None, help="a bayesian_transitions output folder")
-    args = parser.parse_args(argv)
-    sizes = sorted({int(s) for s in args.sizes.split(",")})
+
+
+def check(args):
+    sizes = sorted({int(s) for s in str(args.sizes).split(",")})
     if min(sizes) <= 0:
         raise ValueError(f"--sizes must be positive, got {sizes}")
+
+
+def main(args) -> dict:
+    """The 6-vs-5 log posterior odds three ways for the dataset of ``--seed`` (as bayesian_transitions draws it)."""
+    sizes = sorted({int(s) for s in str(args.sizes).split(",")})
     c = NUM_FEATURES
     points = {p.label: p for p in critical_points(c)}
     six, five = points["6"], points["5"]
@@ -180,10 +190,9 @@ def main(argv=None) -> dict:
         n_max = max(settings["sizes"])
     if n_max < max(sizes):
         raise ValueError(f"--sizes go beyond the sampled run's largest n ({n_max})")
-    key_data, _ = jax.random.split(jax.random.key(args.seed))
     rows = {"leading_order": [], "leading_order_data": [], "laplace": [], "dead_column_log_volume": []}
     with jax.enable_x64(True):
-        x = jnp.asarray(sample_sparse_limit(key_data, n_max, c), jnp.float64)
+        x = jnp.asarray(bayesian_transitions.dataset_rows(args.seed, n_max, c), jnp.float64)
         dead_delta = dead_column_loss_change(five)  # the same draws for every n
         for n in sizes:
             F = lambda p: n * p.loss + p.llc * math.log(n) + p.constant  # noqa: E731
@@ -233,4 +242,4 @@ def figure(summary):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_module(sys.modules[__name__])

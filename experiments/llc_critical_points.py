@@ -26,54 +26,56 @@ still covers the Langevin time of the paper's 1000 steps at ε = 1e-3.
 escape, with the verdict next to both.
 
 Outputs (``--out DIR``): config.json, summary.json (table rows: label, loss, λ, λ̂(n) ± se, ε(n),
-verdicts), llc_critical_points.npz, llc_critical_points.png.
+verdicts, usable), llc_critical_points.npz, llc_critical_points.png (hollow markers: estimates
+that are not usable by :func:`tmsjax.llc.usable`, i.e. a chain escaped or blew up).
 
 References:
   Chen, Lau, Mendel, Wei, Murfet (2023), arXiv:2310.06301, §4 and App. K.
 """
 
-import argparse
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import fill_from_preset
-from tmsjax.tms import losses
+from experiments import common
 from tmsjax import llc
+from tmsjax.llc import LLCSettings
+from tmsjax.results import ResultStore
+from tmsjax.tms import losses
 from tmsjax.tms.critical import critical_points
 from tmsjax.tms.data import make_dataset, sample_sparse_limit
 from tmsjax.tms.model import TMSParams
-from tmsjax.results import ResultStore
 
 PRESETS = {
-    "cpu": dict(sizes=[100, 500, 1000, 5000], num_chains=4, num_steps=4000, num_burnin=1000, max_points=18),
-    "paper": dict(sizes=[100, 200, 500, 1000, 2000, 5000], num_chains=8, num_steps=8000, num_burnin=2000, max_points=18),
     "smoke": dict(sizes=[50, 100], num_chains=2, num_steps=30, num_burnin=10, max_points=3),
+    "cpu": dict(sizes=[100, 500, 1000, 5000], num_chains=4, num_steps=4000, num_burnin=1000, max_points=18),
+    "paper": dict(
+        sizes=[100, 200, 500, 1000, 2000, 5000], num_chains=8, num_steps=8000, num_burnin=2000,
+        max_points=18,
+    ),
 }
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
-    parser.add_argument("--smoke", action="store_true")
+def add_arguments(parser):
     parser.add_argument("--num-features", type=int, default=6)
-    parser.add_argument("--sizes", type=int, nargs="+")
-    parser.add_argument("--num-chains", type=int)
-    parser.add_argument("--num-steps", type=int)
-    parser.add_argument("--num-burnin", type=int)
-    parser.add_argument("--max-points", type=int, help="first N catalogue points (sorted by loss)")
+    parser.add_argument("--sizes", type=int, nargs="+", help="dataset sizes n (preset)")
+    parser.add_argument("--num-chains", type=int, help="chains per estimate (preset)")
+    parser.add_argument("--num-steps", type=int, help="steps per chain (preset)")
+    parser.add_argument("--num-burnin", type=int, help="burn-in steps (preset)")
+    parser.add_argument("--max-points", type=int, help="first N catalogue points by loss (preset)")
     parser.add_argument("--step-size", type=float, default=1e-3, help="ε at n = --reference-n (1000)")
     parser.add_argument("--reference-n", type=int, default=1000, help="n at which ε = --step-size")
     parser.add_argument("--fixed-step-size", action="store_true", help="the same ε at every n (no nβ scaling)")
     parser.add_argument("--localization", type=float, default=1.0)
     parser.add_argument("--population-nbeta", type=float, default=1e4, help="nβ on the exact potential")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    fill_from_preset(args, PRESETS)
-    return args
+
+
+def check(args):
+    chain_settings(args).replace(nbeta=args.population_nbeta)  # a ValueError names the bad field
+    if min(args.sizes) <= 1 or args.reference_n <= 1:
+        raise ValueError("--sizes and --reference-n must exceed 1 (nβ = n / log n)")
 
 
 def scaled_step_size(step_size: float, reference_n: int, nbeta: float) -> float:
@@ -86,11 +88,19 @@ def step_size_for(nbeta: float, args) -> float:
     return args.step_size if args.fixed_step_size else scaled_step_size(args.step_size, args.reference_n, nbeta)
 
 
+def chain_settings(args) -> LLCSettings:
+    """The chains' settings at ε = --step-size (each n replaces ε, the exact potential also nβ)."""
+    return LLCSettings(
+        step_size=args.step_size, localization=args.localization, num_chains=args.num_chains,
+        num_steps=args.num_steps, num_burnin=args.num_burnin,
+    )
+
+
 def _healthy_chain_llc(result, index) -> tuple[float, float, int]:
-    """λ̂ (mean of per-chain estimates) over the chains with no escape / non-finite flag."""
-    flags = np.asarray(result.diagnostics.flags)[index]
+    """λ̂ (mean of per-chain estimates) over the usable chains (:func:`tmsjax.llc.usable_chains`:
+    neither escaped nor blown up), a reported extra beside the pooled estimate."""
+    keep = np.asarray(llc.usable_chains(result))[index]
     per_chain = np.asarray(result.llc_per_chain)[index]
-    keep = (flags & (llc.ESCAPED | llc.NON_FINITE)) == 0
     if not keep.any():
         return float("nan"), float("nan"), 0
     values = per_chain[keep]
@@ -100,7 +110,7 @@ def _healthy_chain_llc(result, index) -> tuple[float, float, int]:
 
 def main(args):
     store = ResultStore(args.out)
-    store.write_config({k: v for k, v in vars(args).items() if k != "out"})
+    store.write_config(common.settings(args))
     points = critical_points(args.num_features)[: args.max_points]
     sizes = sorted(args.sizes)
     key_data, key_n, key_pop = jax.random.split(jax.random.key(args.seed), 3)
@@ -108,14 +118,15 @@ def main(args):
     W = jnp.asarray(np.stack([p.W for p in points]), jnp.float32)
     b = jnp.asarray(np.stack([p.b for p in points]), jnp.float32)
     centers = TMSParams(W[None], b[None])
+    settings = chain_settings(args)
     finite, step_sizes = [], []
     for n in sizes:
         nbeta = float(llc.default_nbeta(n))
         step_sizes.append(step_size_for(nbeta, args))
         # The first n rows of one draw: nested datasets, as a growing real dataset.
         finite.append(llc.llc_along_training(
-            jax.random.fold_in(key_n, n), losses.row_loss, centers, make_dataset(x[:n]), step_size=step_sizes[-1],
-            localization=args.localization, num_chains=args.num_chains, num_steps=args.num_steps, num_burnin=args.num_burnin,
+            jax.random.fold_in(key_n, n), losses.row_loss, centers, make_dataset(x[:n]),
+            settings.replace(step_size=step_sizes[-1]),
         ))
     finite = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *finite)  # (sizes, points, ...)
     # n → ∞: the exact potential at large nβ, with ε·nβ at its reference value (≈ 0.145) so the
@@ -123,12 +134,16 @@ def main(args):
     # nβ = 1e4 would blow up); steps scale up to cover more Langevin time.
     nbeta = args.population_nbeta
     step_size = scaled_step_size(args.step_size, args.reference_n, nbeta)
-    population = llc.llc_along_training(
-        key_pop, losses.potential_loss, centers, None, nbeta=nbeta, step_size=step_size,
-        localization=args.localization, num_chains=args.num_chains, num_steps=4 * args.num_steps,
+    population_settings = settings.replace(
+        nbeta=nbeta, step_size=step_size, num_steps=4 * args.num_steps,
         num_burnin=4 * args.num_burnin,
     )
+    population = llc.llc_along_training(
+        key_pop, losses.potential_loss, centers, None, population_settings
+    )
     finite_verdicts, population_verdicts = llc.grid_verdicts(finite), llc.grid_verdicts(population)
+    finite_usable = np.asarray(llc.usable(finite))
+    population_usable = np.asarray(llc.usable(population))
     rows = []
     for index, point in enumerate(points):
         row = {"label": point.label, "loss": point.loss, "llc_theory": point.llc}
@@ -136,43 +151,51 @@ def main(args):
             row[f"llc_n{n}"] = float(finite.llc[s, index])
             row[f"stderr_n{n}"] = float(finite.stderr[s, index])
             row[f"verdict_n{n}"] = str(finite_verdicts[s, index])
+            row[f"usable_n{n}"] = bool(finite_usable[s, index])
             row[f"acceptance_n{n}"] = float(np.mean(finite.diagnostics.acceptance[s, index]))
             healthy, error, count = _healthy_chain_llc(finite, (s, index))
             row[f"llc_healthy_chains_n{n}"], row[f"stderr_healthy_chains_n{n}"], row[f"num_healthy_chains_n{n}"] = healthy, error, count
         row["llc_population"] = float(population.llc[0, index])
         row["stderr_population"] = float(population.stderr[0, index])
         row["verdict_population"] = str(population_verdicts[0, index])
+        row["usable_population"] = bool(population_usable[0, index])
         rows.append(row)
     store.save_arrays(
         "llc_critical_points", sizes=np.asarray(sizes), labels=np.asarray([p.label for p in points]),
         step_sizes=np.asarray(step_sizes), llc=np.asarray(finite.llc), stderr=np.asarray(finite.stderr),
         llc_per_chain=np.asarray(finite.llc_per_chain), llc_population=np.asarray(population.llc[0]),
-        stderr_population=np.asarray(population.stderr[0]), flags=np.asarray(finite.diagnostics.flags),
+        stderr_population=np.asarray(population.stderr[0]), usable=finite_usable,
+        **{name: np.asarray(getattr(finite.diagnostics, name)) for name in llc.PROBLEMS},
         acceptance=np.asarray(finite.diagnostics.acceptance),
     )
     paper = {"5": 7.71, "5+": 9.91, "6": 9.03}
-    store.write_summary({
+    rule = "fixed" if args.fixed_step_size else "eps * min(1, nbeta(reference_n) / nbeta(n))"
+    summary = {
         "question": "λ̂ at each critical point versus theory, for several n and on the exact potential",
-        "settings": {"step_size_reference": args.step_size, "reference_n": args.reference_n,
-                     "step_size_rule": "fixed" if args.fixed_step_size else "eps * min(1, nbeta(reference_n) / nbeta(n))",
-                     "step_sizes": dict(zip(map(str, sizes), step_sizes)), "localization": args.localization,
-                     "nbeta": "n / log n", "num_chains": args.num_chains, "num_steps": args.num_steps,
-                     "num_burnin": args.num_burnin, "population_nbeta": nbeta, "population_step_size": step_size},
+        "settings": {
+            "step_size_reference": args.step_size, "reference_n": args.reference_n,
+            "step_size_rule": rule, "step_sizes": dict(zip(map(str, sizes), step_sizes)),
+            "localization": args.localization, "nbeta": "n / log n", "num_chains": args.num_chains,
+            "num_steps": args.num_steps, "num_burnin": args.num_burnin, "population_nbeta": nbeta,
+            "population_step_size": step_size, "sampler": repr(settings.sampler),
+        },
+        "usable_rule": "no chain escaped or blew up (tmsjax.llc.usable)",
         "paper_table_k1_n5000": paper,
         "table": rows,
-    })
+    }
+    store.write_summary(summary)
     plot(store, points, sizes, finite, population)
     for row in rows:
         cells = "  ".join(f"n={n}: {row[f'llc_n{n}']:.2f}±{row[f'stderr_n{n}']:.2f}" for n in sizes)
         print(f"{row['label']:>8}  λ={row['llc_theory']}  {cells}  n=∞: {row['llc_population']:.2f}  "
               f"[n={sizes[-1]}: {row[f'verdict_n{sizes[-1]}']}; n=∞: {row['verdict_population']}]")
-    return rows
+    return summary
 
 
 def plot(store, points, sizes, finite, population):
     import matplotlib.pyplot as plt
 
-    healthy = llc.grid_verdicts(finite) == "ok"  # (sizes, points)
+    healthy = np.asarray(llc.usable(finite))  # (sizes, points)
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for index, point in enumerate(points):
         if point.llc is None and index >= 6:
@@ -186,7 +209,7 @@ def plot(store, points, sizes, finite, population):
     left.set_xscale("log")
     left.set_xlabel("n (nβ = n / log n)")
     left.set_ylabel(r"$\hat\lambda$")
-    left.set_title("λ̂ versus n (dashed: exact λ; hollow: verdict not ok)")
+    left.set_title("λ̂ versus n (dashed: exact λ; hollow: not usable, a chain escaped)")
     left.legend(fontsize=8, ncol=2)
     x = np.arange(len(points))
     values = {"exact potential": np.asarray(population.llc[0]), f"n = {sizes[-1]}": np.asarray(finite.llc[-1])}
@@ -213,4 +236,4 @@ def plot(store, points, sizes, finite, population):
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:]))
+    common.run_module(sys.modules[__name__])

@@ -26,15 +26,18 @@ Method:
   (:func:`tmsjax.llc.llc_along_training`): full batch, ε = 1e-3, γ = 1, 4 chains × 500 steps, no
   burn-in, nβ = n / log n, on the dataset the runs trained on.
 - **BAH table**: for each observed transition, ΔL = (mean L_n over the later plateau) − (over the
-  earlier) and Δλ̂ likewise from the plateaus' mean λ̂. A plateau's mean λ̂ uses its checkpoints whose
-  chains neither blew up nor escaped (an escaped chain measures a lower phase, not this one; counts
-  are reported); its error bar is the larger of the spread over those checkpoints / √count and the
-  root-mean-square per-checkpoint standard error / √count. "Δλ̂ > 0 significant" means Δλ̂ > 2σ.
+  earlier) and Δλ̂ likewise from the plateaus' mean λ̂. A plateau's mean λ̂ uses its usable
+  checkpoints (:func:`tmsjax.llc.usable`: no chain blew up or escaped; an escaped chain measures a
+  lower phase, not this one; counts are reported); its error bar is the larger of the spread over
+  those checkpoints / √count and the root-mean-square per-checkpoint standard error / √count.
+  "Δλ̂ > 0 significant" means Δλ̂ > 2σ.
 
 Outputs (``--out DIR``): config.json; summary.json (BAH table, λ̂ per plateau label versus theory,
 verdict counts, escaped checkpoints, chosen runs); llc.npz (``steps``, ``llc`` (runs, T) and
 ``stderr`` at the chosen checkpoints, ``runs``: their indices in the ensemble, plus losses,
-per-chain λ̂ and diagnostics: what ``experiments.developmental_stages --llc DIR`` reads);
+per-chain λ̂, the per-chain diagnostics (booleans ``non_finite``, ``escaped``, ``drifting``,
+``low_acceptance`` and their numbers) and ``usable``: what
+``experiments.developmental_stages --llc DIR`` reads);
 trajectory.npz (sgd_plateaus layout) when trained here; opposing_staircases.png;
 loss_vs_complexity.png.
 
@@ -47,7 +50,6 @@ Usage:
   python -m experiments.llc_trajectories --out results/llc_trajectories --from results/sgd_plateaus
 """
 
-import argparse
 import json
 import sys
 import time
@@ -57,68 +59,66 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import fill_from_preset
-from tmsjax.tms import losses
+from experiments import common, sgd_plateaus
 from tmsjax import llc
-from tmsjax.tms.model import TMSParams
+from tmsjax.llc import LLCDiagnostics, LLCSettings
 from tmsjax.results import ResultStore
+from tmsjax.tms import losses
+from tmsjax.tms.critical import critical_points
+from tmsjax.tms.model import TMSParams
+from tmsjax.tms.plateaus import analyse_runs
+from tmsjax.tms.plotting import phase_colors, pretty_label
 
 PRESETS = {
     # The ensemble itself follows sgd_plateaus' preset of the same name.
+    "smoke": dict(min_step=0, checkpoint_stride=2, num_chains=2, llc_steps=20),
     "cpu": dict(min_step=500, checkpoint_stride=1, num_chains=4, llc_steps=500),
     "paper": dict(min_step=500, checkpoint_stride=1, num_chains=4, llc_steps=500),
-    "smoke": dict(min_step=0, checkpoint_stride=2, num_chains=2, llc_steps=20),
 }
 #: A Δλ̂ counts as a significant increase above this many standard errors.
 SIGNIFICANCE = 2.0
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="results folder")
+def add_arguments(parser):
     parser.add_argument("--from", dest="source", default=None,
                         help="an experiments.sgd_plateaus output folder: reuse its trajectory.npz instead of training")
-    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
-    parser.add_argument("--smoke", action="store_true", help="tiny run for tests (seconds)")
     parser.add_argument("--runs", type=int, help="SGD runs when training here (default: sgd_plateaus' preset)")
     parser.add_argument("--steps", type=int, help="SGD steps per run when training here")
     parser.add_argument("--checkpoints", type=int, help="log-spaced checkpoints when training here")
-    parser.add_argument("--seed", type=int, default=0, help="ensemble seed when training here")
     parser.add_argument("--all-runs", action="store_true", help="λ̂ on every run, not the transitions + controls rule")
-    parser.add_argument("--min-step", type=int, help="first SGD step at which λ̂ is estimated")
-    parser.add_argument("--checkpoint-stride", type=int, help="estimate λ̂ at every k-th checkpoint")
-    parser.add_argument("--num-chains", type=int)
-    parser.add_argument("--llc-steps", type=int, help="SGLD steps per estimate")
+    parser.add_argument("--min-step", type=int, help="first SGD step with a λ̂ (preset)")
+    parser.add_argument("--checkpoint-stride", type=int, help="λ̂ at every k-th checkpoint (preset)")
+    parser.add_argument("--num-chains", type=int, help="SGLD chains per estimate (preset)")
+    parser.add_argument("--llc-steps", type=int, help="SGLD steps per estimate (preset)")
     parser.add_argument("--step-size", type=float, default=1e-3, help="SGLD ε")
     parser.add_argument("--localization", type=float, default=1.0, help="SGLD γ")
     parser.add_argument("--llc-seed", type=int, default=1, help="seed of the SGLD chains")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    fill_from_preset(args, PRESETS)
-    if args.checkpoint_stride < 1 or args.num_chains < 1 or args.llc_steps < 1 or args.min_step < 0:
-        parser.error("--checkpoint-stride, --num-chains, --llc-steps must be positive and --min-step non-negative")
-    return args
+
+
+def llc_settings(args) -> LLCSettings:
+    """The λ̂ protocol: full batch, no burn-in, nβ = n / log n; ε, γ, chains, steps from flags."""
+    return LLCSettings(
+        step_size=args.step_size, localization=args.localization, num_chains=args.num_chains,
+        num_steps=args.llc_steps,
+    )
+
+
+def check(args):
+    if args.checkpoint_stride < 1 or args.min_step < 0:
+        raise ValueError("--checkpoint-stride must be positive and --min-step non-negative")
+    llc_settings(args)  # a ValueError names the bad field
 
 
 # ----------------------------------------------------------------------------------------------
 # The ensemble: trained here or read from sgd_plateaus
 
 
-def ensemble_argv(args) -> list[str]:
-    argv = ["--out", args.out, "--preset", args.preset, "--seed", str(args.seed)]
-    argv += ["--smoke"] if args.smoke else []
-    for name in ("runs", "steps", "checkpoints"):
-        if getattr(args, name) is not None:
-            argv += [f"--{name}", str(getattr(args, name))]
-    return argv + (["--no-progress"] if args.no_progress else [])
-
-
-def rebuild_dataset(settings: dict):
-    """The dataset an sgd_plateaus run trained on, from its settings (the same keys as run_ensemble)."""
-    from tmsjax.tms.data import make_dataset, sample_sparse_limit
-
-    key_data, _, _ = jax.random.split(jax.random.key(settings["seed"]), 3)
-    return make_dataset(sample_sparse_limit(key_data, settings["num_data"], settings["features"]))
+def ensemble_args(args):
+    """sgd_plateaus' arguments for the ensemble trained here (its preset, this seed and sizes)."""
+    return common.configure(
+        sgd_plateaus, args.out, preset=args.preset, seed=args.seed, no_progress=not args.progress,
+        runs=args.runs, steps=args.steps, checkpoints=args.checkpoints,
+    )
 
 
 def load_or_train(args, store):
@@ -131,17 +131,14 @@ def load_or_train(args, store):
             raise ValueError(f"--from {source}: λ̂ needs a dataset, but that ensemble trained on the exact potential")
         with np.load(source / "trajectory.npz") as data:
             arrays = {name: data[name] for name in data.files}
-        return settings, arrays, rebuild_dataset(settings), 0.0
+        return settings, arrays, sgd_plateaus.ensemble_dataset(settings), 0.0
+    ensemble = ensemble_args(args)
+    settings = common.settings(ensemble)
     if store.has("trajectory"):  # a re-run of this folder: reuse what was trained
-        from experiments import sgd_plateaus
-
-        settings = sgd_plateaus.settings(sgd_plateaus.parse_args(ensemble_argv(args)))
-        return settings, store.load_arrays("trajectory"), rebuild_dataset(settings), 0.0
-    from experiments import sgd_plateaus
-
-    ensemble_args = sgd_plateaus.parse_args(ensemble_argv(args))
+        dataset = sgd_plateaus.ensemble_dataset(settings)
+        return settings, store.load_arrays("trajectory"), dataset, 0.0
     start = time.perf_counter()
-    trajectory, ids, table = sgd_plateaus.run_ensemble(ensemble_args)
+    trajectory, ids, table = sgd_plateaus.run_ensemble(ensemble)
     seconds = time.perf_counter() - start
     W, b = (np.asarray(x) for x in trajectory.params)
     arrays = dict(
@@ -150,7 +147,7 @@ def load_or_train(args, store):
         phase_ids=np.asarray(ids), phase_table=np.asarray(table),
     )
     store.save_arrays("trajectory", **arrays)
-    return sgd_plateaus.settings(ensemble_args), arrays, rebuild_dataset(sgd_plateaus.settings(ensemble_args)), seconds
+    return settings, arrays, sgd_plateaus.ensemble_dataset(settings), seconds
 
 
 def check_dataset(arrays, dataset) -> float:
@@ -315,8 +312,6 @@ def runs_to_show(analysis, moving, controls, limit: int = 4) -> list[int]:
 def plot_staircases(store, arrays, analysis, selected, checkpoints, llc_hat, stderr, usable, shown, points, settings):
     import matplotlib.pyplot as plt
 
-    from tmsjax.tms.plotting import phase_colors, pretty_label
-
     steps = np.asarray(arrays["steps"])
     x = np.maximum(steps, 1)
     colors = phase_colors([p.label for p in points] + ["unknown"])
@@ -376,8 +371,6 @@ def plot_staircases(store, arrays, analysis, selected, checkpoints, llc_hat, std
 def plot_loss_vs_complexity(store, points, rows, by_label):
     import matplotlib.pyplot as plt
 
-    from tmsjax.tms.plotting import pretty_label
-
     figure, axis = plt.subplots(figsize=(8, 5.5))
     visited = set(by_label)
     known = [p for p in points if p.llc is not None]
@@ -428,11 +421,8 @@ def plot_loss_vs_complexity(store, points, rows, by_label):
 
 
 def main(args):
-    from tmsjax.tms.critical import critical_points
-    from tmsjax.tms.plateaus import analyse_runs
-
     store = ResultStore(args.out)
-    store.write_config({k: v for k, v in vars(args).items() if k not in ("out", "no_progress")})
+    store.write_config(common.settings(args))
     settings, arrays, dataset, train_seconds = load_or_train(args, store)
     dataset_error = check_dataset(arrays, dataset)
     steps = np.asarray(arrays["steps"])
@@ -445,31 +435,33 @@ def main(args):
     checkpoints = select_checkpoints(steps, args.min_step, args.checkpoint_stride)
 
     start = time.perf_counter()
+    protocol = llc_settings(args)
     cached = store.load_arrays("llc")
-    if cached is not None and np.array_equal(cached["runs"], selected) and np.array_equal(cached["checkpoint_index"], checkpoints):
-        llc_hat, stderr, flags = cached["llc"], cached["stderr"], cached["flags"]
-        per_chain, escape, acceptance, compile_and_run = cached["llc_per_chain"], cached["escape_fraction"], cached["acceptance"], None
+    reuse = (
+        cached is not None and np.array_equal(cached["runs"], selected)
+        and np.array_equal(cached["checkpoint_index"], checkpoints)
+        and set(LLCDiagnostics._fields) <= set(cached)  # an llc.npz of the per-chain booleans
+    )
+    if reuse:
+        llc_hat, stderr, per_chain = cached["llc"], cached["stderr"], cached["llc_per_chain"]
+        compile_and_run = None
+        diagnostics = LLCDiagnostics(*(cached[name] for name in LLCDiagnostics._fields))
     else:
         centers = TMSParams(jnp.asarray(arrays["W"][selected][:, checkpoints]), jnp.asarray(arrays["b"][selected][:, checkpoints]))
-        result = llc.llc_along_training(
-            jax.random.key(args.llc_seed), losses.row_loss, centers, dataset, step_size=args.step_size,
-            localization=args.localization, num_chains=args.num_chains, num_steps=args.llc_steps,
-        )
+        key = jax.random.key(args.llc_seed)
+        result = llc.llc_along_training(key, losses.row_loss, centers, dataset, protocol)
         llc_hat, stderr = np.asarray(result.llc), np.asarray(result.stderr)
-        flags, per_chain = np.asarray(result.diagnostics.flags), np.asarray(result.llc_per_chain)
-        escape, acceptance = np.asarray(result.diagnostics.escape_fraction), np.asarray(result.diagnostics.acceptance)
+        per_chain = np.asarray(result.llc_per_chain)
+        diagnostics = LLCDiagnostics(*(np.asarray(x) for x in result.diagnostics))
         compile_and_run = time.perf_counter() - start
         store.save_arrays(
             "llc", steps=steps[checkpoints], llc=llc_hat, stderr=stderr, runs=np.asarray(selected, dtype=np.int64),
             checkpoint_index=checkpoints, train_loss=arrays["train_loss"][selected][:, checkpoints],
-            population_loss=arrays["population_loss"][selected][:, checkpoints], llc_per_chain=per_chain, flags=flags,
-            escape_fraction=escape, acceptance=acceptance,
+            population_loss=arrays["population_loss"][selected][:, checkpoints], llc_per_chain=per_chain,
+            usable=np.asarray(llc.usable(diagnostics)), **diagnostics._asdict(),
         )
-    bad = llc.NON_FINITE | llc.ESCAPED
-    usable = ~((flags & bad) != 0).any(-1) & np.isfinite(llc_hat) & (llc_hat >= 0)
-    verdicts = np.empty(llc_hat.shape, dtype=object)
-    for index in np.ndindex(llc_hat.shape):
-        verdicts[index] = llc._verdict_from(flags[index], float(llc_hat[index]))
+    usable = np.asarray(llc.usable(diagnostics))
+    verdicts = llc.grid_verdicts(diagnostics)
 
     plateaus_by_run, rows = {}, []
     for row, run in enumerate(selected):
@@ -481,11 +473,7 @@ def main(args):
         rows += bah_rows(run, plateaus)
     by_label = llc_by_label(plateaus_by_run, points)
 
-    verdict_counts: dict[str, int] = {}
-    for text in verdicts.reshape(-1):
-        for part in str(text).split("; "):
-            name = part.split(" (")[0]
-            verdict_counts[name] = verdict_counts.get(name, 0) + 1
+    verdict_counts = llc.problem_counts(diagnostics)
     escaped = [
         {"run": int(selected[r]), "step": int(steps[checkpoints[c]]), "llc": float(llc_hat[r, c]), "verdict": str(verdicts[r, c]),
          "on_plateau": next((p.label for p in analysis.runs[selected[r]].plateaus if p.start <= checkpoints[c] < p.stop), None)}
@@ -502,7 +490,9 @@ def main(args):
         "dataset_check_max_error": dataset_error,
         "llc_protocol": {"step_size": args.step_size, "localization": args.localization, "num_chains": args.num_chains,
                          "num_steps": args.llc_steps, "num_burnin": 0, "batch": "full", "num_data": int(settings["num_data"]),
-                         "nbeta": float(llc.default_nbeta(settings["num_data"]))},
+                         "nbeta": float(llc.default_nbeta(settings["num_data"])),
+                         "sampler": repr(protocol.sampler),
+                         "usable_rule": "no chain escaped or blew up (tmsjax.llc.usable)"},
         "run_rule": "every run with >= 1 plateau-to-plateau transition, plus as many without (first by index, at least 2)"
                     if not args.all_runs else "every finite run",
         "num_runs_in_ensemble": len(analysis.runs),
@@ -539,4 +529,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:]))
+    common.run_module(sys.modules[__name__])

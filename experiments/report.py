@@ -2,7 +2,7 @@
 
 ``key_numbers(summaries)`` reads each experiment's summary.json and returns rows
 ``{experiment, quantity, tmsjax, paper, note}``; ``render`` writes them and embeds the figures.
-Paper values are those of Chen et al. (2023) as collected in PAPER_NOTES.md; quantities the paper
+Paper values are those of Chen et al. (2023) as collected in docs/paper_numbers.md; quantities the paper
 does not print have paper = None.
 """
 
@@ -64,9 +64,9 @@ def _llc_trajectories(summary):
 def _bayesian_transitions(summary):
     theory = summary.get("theoretical_crossings", {})
     empirical = summary.get("empirical_crossings", {})
-    rows = [("n_c 5 → 6 (theory, leading order)", theory.get("5->6"), None, "F ≈ nL + λ log n + ½‖w*‖², PAPER_NOTES: ≈ 601")]
+    rows = [("n_c 5 → 6 (theory, leading order)", theory.get("5->6"), None, "F ≈ nL + λ log n + ½‖w*‖², paper: ≈ 601")]
     rows.append(("n_c 5 → 6 (NUTS, empirical)", empirical.get("5->6"), "600–700", "paper's NUTS curves cross between 600 and 700"))
-    rows.append(("n_c 5⁺ → 6 (theory)", theory.get("5+->6"), None, "PAPER_NOTES: ≈ 202"))
+    rows.append(("n_c 5⁺ → 6 (theory)", theory.get("5+->6"), None, "paper: ≈ 202"))
     diagnostics = summary.get("diagnostics", {})
     if "total_divergent" in diagnostics:
         rows.append(("NUTS divergences (all n)", diagnostics["total_divergent"], None, ""))

@@ -14,71 +14,66 @@ Usage:
   python -m experiments.reproduce --out results --preset paper   # paper scale, for a GPU
 """
 
-import argparse
 import importlib
 import json
+import sys
 import time
 import traceback
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from experiments import common, report
 from tmsjax.results import ResultStore, to_jsonable
 
-# (name, extra CLI arguments) in run order; "{root}" is the --out folder. λ̂ along training reuses the
-# SGD ensemble, and the animation reuses both. At CPU scale the Bayesian sweep uses fewer n and draws
-# than its own default so that the whole reproduction fits in 15 minutes on 2 cores.
+# (name, settings read from other experiments' folders, settings at the cpu preset) in run order:
+# λ̂ along training reuses the SGD ensemble, and the animation reuses both. At CPU scale the Bayesian
+# sweep uses fewer n and draws than its own cpu preset so the whole reproduction fits in 15 minutes
+# on 2 cores. Values are typed, as ``args`` holds them; "{root}" is the --out folder.
 EXPERIMENTS = [
-    ("critical_points", [], []),
-    ("sgd_plateaus", [], []),
-    ("llc_trajectories", ["--from", "{root}/sgd_plateaus"], []),
-    ("developmental_stages", ["--from", "{root}/sgd_plateaus", "--llc", "{root}/llc_trajectories"], []),
-    ("llc_critical_points", [], []),
-    ("llc_grid", [], []),
-    ("bayesian_transitions", [], ["--sizes", "250,350,450,550,650,800", "--num-warmup", "300", "--num-samples", "300"]),
-    ("detect_transitions", [], []),
+    ("critical_points", {}, {}),
+    ("sgd_plateaus", {}, {}),
+    ("llc_trajectories", {"source": "{root}/sgd_plateaus"}, {}),
+    ("developmental_stages", {"source": "{root}/sgd_plateaus", "llc": "{root}/llc_trajectories"}, {}),
+    ("llc_critical_points", {}, {}),
+    ("llc_grid", {}, {}),
+    ("bayesian_transitions", {}, {"sizes": "250,350,450,550,650,800", "num_warmup": 300, "num_samples": 300}),
+    ("detect_transitions", {}, {}),
 ]
-
+NAMES = [name for name, *_ in EXPERIMENTS]
 
 DONE = ".done"
+PRESETS = {"smoke": {}, "cpu": {}, "paper": {}}
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu")
-    parser.add_argument("--smoke", action="store_true", help="every experiment at its smoke size (seconds each)")
-    parser.add_argument("--only", default=None, help="comma-separated subset of experiments")
-    return parser.parse_args(argv)
+def add_arguments(parser):
+    parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(NAMES)}")
 
 
-def _run_one(name: str, extra: list[str], cpu_extra: list[str], out: Path, args) -> dict:
+def check(args):
+    if args.only is not None:
+        unknown = sorted(set(args.only.split(",")) - set(NAMES))
+        if unknown:
+            raise ValueError(f"--only names unknown experiments {unknown}; choose from {NAMES}")
+
+
+def _run_one(name: str, inputs: dict, cpu_settings: dict, out: Path, args) -> dict:
     module = importlib.import_module(f"experiments.{name}")
-    argv = [a.replace("{root}", str(out.parent)) for a in extra] + ["--out", str(out)]
-    if args.smoke:
-        argv.append("--smoke")
-    elif args.preset == "paper":
-        argv += ["--preset", "paper"]
-    else:
-        argv += cpu_extra
-    module.main(module.parse_args(argv))
+    overrides = {key: value.replace("{root}", str(out.parent)) for key, value in inputs.items()}
+    if args.preset == "cpu":
+        overrides.update(cpu_settings)
+    module.main(common.configure(module, out, preset=args.preset, seed=args.seed, no_progress=args.no_progress, **overrides))
     return json.loads((out / "summary.json").read_text())
 
 
 def main(args) -> dict:
-    from experiments import report as report_module
-
     root = Path(args.out)
     store = ResultStore(root)
-    store.write_config({"preset": args.preset, "smoke": args.smoke})
+    store.write_config(common.settings(args))
     selected = EXPERIMENTS if args.only is None else [e for e in EXPERIMENTS if e[0] in args.only.split(",")]
-    if args.only is not None:
-        unknown = sorted(set(args.only.split(",")) - {e[0] for e in EXPERIMENTS})
-        if unknown:
-            raise ValueError(f"--only names unknown experiments {unknown}; choose from {[e[0] for e in EXPERIMENTS]}")
     status = {}
-    bar = tqdm(selected, desc="reproduce", unit="experiment")
-    for name, extra, cpu_extra in bar:
+    bar = tqdm(selected, desc="reproduce", unit="experiment", disable=not args.progress)
+    for name, inputs, cpu_settings in bar:
         bar.set_postfix_str(name)
         out = root / name
         if (out / DONE).exists():
@@ -86,7 +81,7 @@ def main(args) -> dict:
             continue
         start = time.perf_counter()
         try:
-            _run_one(name, extra, cpu_extra, out, args)
+            _run_one(name, inputs, cpu_settings, out, args)
             # The marker is written only once main() returned, figures included: an experiment
             # interrupted after its summary.json is run again (and resumes from its own files).
             (out / DONE).write_text(f"{time.perf_counter() - start:.1f} s\n")
@@ -102,8 +97,8 @@ def main(args) -> dict:
         for name, *_ in selected
         if (root / name / "summary.json").exists()
     }
-    key_numbers = report_module.key_numbers(summaries)
-    (root / "report.md").write_text(report_module.render(root, status, key_numbers))
+    key_numbers = report.key_numbers(summaries)
+    (root / "report.md").write_text(report.render(root, status, key_numbers))
     summary = {"status": status, "key_numbers": key_numbers}
     store.write_summary(to_jsonable(summary))
     print(f"wrote {root / 'report.md'}")
@@ -114,4 +109,4 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    common.run_module(sys.modules[__name__])

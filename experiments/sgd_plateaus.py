@@ -31,72 +31,70 @@ Usage:
   python -m experiments.sgd_plateaus --out results/sgd --preset paper   # GPU: 10 000 runs
 """
 
-import argparse
 import sys
 import time
 
 import jax
 import numpy as np
 
-from experiments.common import fill_from_preset
+from experiments import common
+from tmsjax.results import ResultStore
+from tmsjax.sharding import grid_mesh
+from tmsjax.tms.critical import critical_points
+from tmsjax.tms.data import Dataset, make_dataset, sample_sparse_limit
+from tmsjax.tms.phases import classify_batch
+from tmsjax.tms.plateaus import analyse_runs
+from tmsjax.tms.plotting import draw_energy_levels, phase_colors, pretty_label
+from tmsjax.tms.sgd import init_kgon_ensemble, train
 
 PRESETS = {
-    # name: (runs, steps, checkpoints)
-    "cpu": (64, 225_000, 200),
-    "paper": (10_000, 225_000, 200),
-    "smoke": (6, 1_000, 30),
+    "smoke": {"runs": 6, "steps": 1_000, "checkpoints": 30},
+    "cpu": {"runs": 64, "steps": 225_000, "checkpoints": 200},
+    "paper": {"runs": 10_000, "steps": 225_000, "checkpoints": 200},
 }
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--preset", choices=["cpu", "paper"], default="cpu", help="run count and length (default cpu)")
-    parser.add_argument("--smoke", action="store_true", help="tiny run (seconds) for tests")
-    parser.add_argument("--runs", type=int, default=None, help="number of SGD runs (overrides the preset)")
-    parser.add_argument("--steps", type=int, default=None, help="SGD steps per run (overrides the preset)")
-    parser.add_argument("--checkpoints", type=int, default=None, help="log-spaced checkpoints per run")
+def add_arguments(parser):
+    parser.add_argument("--runs", type=int, default=None, help="number of SGD runs (preset)")
+    parser.add_argument("--steps", type=int, default=None, help="SGD steps per run (preset)")
+    parser.add_argument("--checkpoints", type=int, default=None, help="log-spaced checkpoints per run (preset)")
     parser.add_argument("--num-data", type=int, default=1000, help="dataset size n")
     parser.add_argument("--features", type=int, default=6, help="number of features c")
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--lr", type=float, default=0.005, help="learning rate of plain SGD")
     parser.add_argument("--objective", choices=["empirical", "population"], default="empirical")
     parser.add_argument("--sampling", choices=["replacement", "epoch"], default="replacement")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    fill_from_preset(args, {name: dict(zip(("runs", "steps", "checkpoints"), values)) for name, values in PRESETS.items()})
+
+
+def check(args):
     for name in ("runs", "steps", "checkpoints", "num_data", "batch_size"):
         if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.features < 4:
-        parser.error("--features must be at least 4 (the k-gon catalogue starts at 4-gons)")
-    return args
+        raise ValueError("--features must be at least 4 (the k-gon catalogue starts at 4-gons)")
 
 
-def settings(args) -> dict:
-    return {k: v for k, v in vars(args).items() if k not in ("out", "no_progress")}
+def _keys(seed: int):
+    """(dataset, initialisations, minibatch streams): the one key schedule of the ensemble."""
+    return jax.random.split(jax.random.key(seed), 3)
+
+
+def ensemble_dataset(settings: dict) -> Dataset:
+    """The dataset the ensemble with these settings trains on (``args`` as a dict, or its config.json)."""
+    key_data, _, _ = _keys(settings["seed"])
+    return make_dataset(sample_sparse_limit(key_data, settings["num_data"], settings["features"]))
 
 
 def run_ensemble(args, store=None):
     """Trains the ensemble described by `args`; returns (Trajectory, phase ids (runs, T), labels)."""
-    from tmsjax.tms.data import make_dataset, sample_sparse_limit
-    from tmsjax.tms.phases import classify_batch
-    from tmsjax.tms.sgd import init_kgon_ensemble, train
-
-    key = jax.random.key(args.seed)
-    key_data, key_init, key_runs = jax.random.split(key, 3)
-    dataset = make_dataset(sample_sparse_limit(key_data, args.num_data, args.features))
+    _, key_init, key_runs = _keys(args.seed)
+    dataset = ensemble_dataset(vars(args))
     params = init_kgon_ensemble(key_init, args.runs, args.features)
-    mesh = None
-    if jax.device_count() > 1:
-        from tmsjax.sharding import grid_mesh
-
-        mesh = grid_mesh()
+    mesh = grid_mesh() if jax.device_count() > 1 else None
     trajectory = train(
         jax.random.split(key_runs, args.runs), params, dataset, num_steps=args.steps, learning_rate=args.lr,
         batch_size=args.batch_size, objective=args.objective, sampling=args.sampling,
-        num_checkpoints=args.checkpoints, store=store, name="chunks", progress=not args.no_progress, mesh=mesh,
+        num_checkpoints=args.checkpoints, store=store, name="chunks", progress=args.progress, mesh=mesh,
     )
     W, b = trajectory.params
     runs, num_checkpoints = trajectory.train_loss.shape
@@ -114,7 +112,6 @@ def loss_figure(steps, losses, analysis, critical_points, title):
     """Loss curves against steps (log x), coloured by final phase, with the energy levels named."""
     import matplotlib.pyplot as plt
 
-    from tmsjax.tms.plotting import draw_energy_levels, pretty_label
 
     finals = [run.final_label for run in analysis.runs]
     order = [p.label for p in critical_points] + ["unknown", "diverged"]
@@ -149,7 +146,6 @@ def transition_graph_figure(analysis, critical_points, title):
     """Phases as nodes at their energy level (one column per k), arrows weighted by transition counts."""
     import matplotlib.pyplot as plt
 
-    from tmsjax.tms.plotting import phase_colors, pretty_label
 
     counts = analysis.transition_counts(include_initial=True)
     visits = {}
@@ -201,12 +197,8 @@ def transition_graph_figure(analysis, critical_points, title):
 
 
 def main(args):
-    from tmsjax.tms.critical import critical_points
-    from tmsjax.tms.plateaus import analyse_runs
-    from tmsjax.results import ResultStore
-
     store = ResultStore(args.out)
-    store.write_config(settings(args))
+    store.write_config(common.settings(args))
     start = time.perf_counter()
     trajectory, ids, table = run_ensemble(args, store)
     elapsed = time.perf_counter() - start
@@ -245,4 +237,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args(sys.argv[1:]))
+    common.run_module(sys.modules[__name__])

@@ -1,4 +1,4 @@
-"""The k^{σ+,σ−}-gon catalogue against PAPER_NOTES §3–5."""
+"""The k^{σ+,σ−}-gon catalogue against docs/paper_numbers.md §3–5."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import pytest
 import tmsjax
 from tmsjax.tms.critical import critical_points, expected_loss, solve_kgon
 
-# The 18 losses of the c = 6 catalogue as printed in Chen et al. (2023) (PAPER_NOTES §3).
+# The 18 losses of the c = 6 catalogue as printed in Chen et al. (2023) (docs/paper_numbers.md §3).
 PAPER_LOSSES_C6 = {
     "6": 0.04819, "5+": 0.06180, "5": 0.06874, "4++": 0.09722, "4+": 0.10417, "4": 0.11111,
     "4++-": 0.15278, "4+-": 0.15972, "4-": 0.16667, "4++--": 0.20833, "4+--": 0.21528, "4--": 0.22222,
@@ -33,7 +33,7 @@ def test_polygon_parameters_and_constants():
         l_star, b_star, _ = solve_kgon(k)
         assert (round(l_star, 5), round(b_star, 5)) == (radius, bias)
     constants = {p.label: p.constant for p in critical_points(6)}
-    # PAPER_NOTES §5 (the notes' 6.37767 comes from rounded l*, b*; exact: 6.377638).
+    # docs/paper_numbers.md §5 (the notes' 6.37767 comes from rounded l*, b*; exact: 6.377638).
     for label, value in {"5": 3.62417, "5+": 3.62764, "4": 2.0, "4+": 2.00347}.items():
         assert constants[label] == pytest.approx(value, abs=5e-6)
     l6, b6, _ = solve_kgon(6)

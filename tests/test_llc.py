@@ -1,19 +1,21 @@
 r"""The LLC engine against exact answers, with tolerances from the chains' standard error.
 
-Known answers (PAPER_NOTES §4): a regular quadratic in d dimensions has λ = d/2; the product model
+Known answers (docs/paper_numbers.md §4): a regular quadratic in d dimensions has λ = d/2; the product model
 f(x) = x·Π w_k^{p_k} with a zero truth has λ = 1/(2 max p_k); the TMS 5-gon, 5⁺ and 6-gon have
 λ = 7, 8.5, 8.5. Each test states its bias allowance: the Euler-discretisation and localization bias
 of the Gaussian case are computed exactly, the finite-nβ bias of the product model by quadrature.
 """
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import integrate
 
-from tmsjax.tms import losses
 from tmsjax import llc
+from tmsjax.llc import SGLD, LLCSettings
+from tmsjax.tms import losses
 from tmsjax.tms.critical import critical_points
 from tmsjax.tms.data import make_dataset, sample_sparse_limit
 from tmsjax.tms.model import TMSParams
@@ -35,10 +37,10 @@ def gaussian_prediction(dim, nbeta, step_size, localization):
 @pytest.mark.parametrize("dim", [2, 5])
 def test_llc_of_regular_quadratic_is_half_dim(key, dim):
     nbeta, step_size, localization = 100.0, 5e-4, 1.0
-    result = llc.estimate_llc(
-        key, squared_norm, jnp.zeros(dim), nbeta=nbeta, step_size=step_size, localization=localization,
-        num_chains=16, num_steps=4000, num_burnin=400,
+    settings = LLCSettings(
+        step_size, localization, nbeta, num_chains=16, num_steps=4000, num_burnin=400
     )
+    result = llc.estimate_llc(key, squared_norm, jnp.zeros(dim), settings=settings)
     stderr = float(result.stderr)
     # Bias allowance: the exact discrete-chain expectation minus d/2 (localization: γ/(2nβ+γ) of each
     # coordinate's ½; discretisation: εk/4), about 2% here.
@@ -46,7 +48,7 @@ def test_llc_of_regular_quadratic_is_half_dim(key, dim):
     assert abs(float(result.llc) - dim / 2) < 4 * stderr + bias
     assert abs(float(result.llc) - gaussian_prediction(dim, nbeta, step_size, localization)) < 4 * stderr
     assert 4 * stderr < 0.1 * dim / 2  # the test has power: the MC error is small next to λ
-    assert llc.verdict(result) == "ok"
+    assert llc.verdict(result) == "ok" and bool(llc.usable(result))
     assert result.loss_trace.shape == (16, 4000) and result.draw_losses.shape == (16, 3600)
 
 
@@ -91,10 +93,10 @@ def make_product_loss(powers):
 def check_product_model(key, powers, t, step_size, num_steps, num_burnin, allowance):
     x = jax.random.normal(jax.random.fold_in(key, 1), (200,))
     second_moment = float(jnp.mean(x**2))
-    result = llc.estimate_llc(
-        key, make_product_loss(powers), jnp.zeros(len(powers)), x, nbeta=t / second_moment,
-        step_size=step_size, localization=1.0, num_chains=16, num_steps=num_steps, num_burnin=num_burnin,
+    settings = LLCSettings(
+        step_size, 1.0, t / second_moment, num_chains=16, num_steps=num_steps, num_burnin=num_burnin
     )
+    result = llc.estimate_llc(key, make_product_loss(powers), jnp.zeros(len(powers)), x, settings)
     truth = 1 / (2 * max(powers))
     reference = product_reference(powers, t, 1.0)
     stderr = float(result.stderr)
@@ -135,10 +137,10 @@ def test_llc_on_exact_tms_potential_within_five_percent(key, x64):
     centers = TMSParams(
         jnp.asarray(np.stack([p.W for p in points]))[None], jnp.asarray(np.stack([p.b for p in points]))[None]
     )
-    result = llc.llc_along_training(
-        key, losses.potential_loss, centers, None, nbeta=1e5, step_size=5e-7, localization=10.0,
-        num_chains=16, num_steps=60_000, num_burnin=10_000, thinning=10,
+    settings = LLCSettings(
+        5e-7, 10.0, 1e5, num_chains=16, num_steps=60_000, num_burnin=10_000, thinning=10
     )
+    result = llc.llc_along_training(key, losses.potential_loss, centers, None, settings)
     verdicts = llc.grid_verdicts(result)
     for index, point in enumerate(points):
         estimate, stderr = float(result.llc[0, index]), float(result.stderr[0, index])
@@ -173,10 +175,10 @@ def test_minibatch_estimate_with_full_data_draws(key):
         features, targets = data
         return jnp.mean((features @ w - targets) ** 2)
 
-    result = llc.estimate_llc(
-        key_run, regression_loss, w_hat, (x, y), step_size=2e-4, num_chains=8, num_steps=2000,
-        num_burnin=500, thinning=5, batch_size=128,
+    settings = LLCSettings(
+        step_size=2e-4, num_chains=8, num_steps=2000, num_burnin=500, thinning=5, batch_size=128
     )
+    result = llc.estimate_llc(key_run, regression_loss, w_hat, (x, y), settings)
     assert result.draw_losses.shape == (8, 300)
     assert np.all(np.isfinite(result.draw_losses))
     # Minibatch gradient noise inflates the posterior spread (a known SGLD bias of order
@@ -191,37 +193,47 @@ def double_well(w, data):
 
 
 def test_verdict_names_an_escape(key):
-    result = llc.estimate_llc(key, double_well, jnp.zeros(1), nbeta=100.0, step_size=1e-3, num_steps=2000)
+    settings = LLCSettings(nbeta=100.0, num_steps=2000)
+    result = llc.estimate_llc(key, double_well, jnp.zeros(1), settings=settings)
     assert float(result.llc) < 0
     assert np.all(np.asarray(result.diagnostics.escape_fraction) > 0.5)
-    assert llc.verdict(result).startswith("escaped (4/4 chains)")
+    assert np.all(np.asarray(result.diagnostics.escaped))
+    assert llc.verdict(result).startswith("escaped (4/4 chains)") and not bool(llc.usable(result))
 
 
 def test_verdict_names_a_drift(key):
     # The mean of nβK relaxes as 1 − exp(−εk t) with 1/(εk) = 1000 steps, over a 3000-step chain
     # with no burn-in: the second half sits well above the first. 50 dimensions keep the noise small.
-    result = llc.estimate_llc(key, squared_norm, jnp.zeros(50), nbeta=100.0, step_size=5e-6, num_steps=3000)
+    settings = LLCSettings(step_size=5e-6, nbeta=100.0, num_steps=3000)
+    result = llc.estimate_llc(key, squared_norm, jnp.zeros(50), settings=settings)
     assert "drifting (4/4 chains)" in llc.verdict(result)
+    # A drift biases λ̂ but the chains still measure the phase of w*: a warning, not an exclusion.
+    assert np.all(np.asarray(result.diagnostics.drifting)) and bool(llc.usable(result))
 
 
 def test_verdict_names_a_large_step_size(key):
     # εk = 1.6 on K = ‖w‖² in 10 dims: the variance is inflated by 1/(1 − εk/4) = 1.67, acceptance low.
     nbeta, step_size = 100.0, 1.6 / 201.0
-    result = llc.estimate_llc(key, squared_norm, jnp.zeros(10), nbeta=nbeta, step_size=step_size, num_steps=2000, num_burnin=200)
+    settings = LLCSettings(step_size, nbeta=nbeta, num_steps=2000, num_burnin=200)
+    result = llc.estimate_llc(key, squared_norm, jnp.zeros(10), settings=settings)
     assert "step size too large" in llc.verdict(result)
+    assert np.any(np.asarray(result.diagnostics.low_acceptance))
     assert float(result.llc) > 5.0 * 1.3  # biased upward, as the verdict warns
 
 
 def test_verdict_names_a_blow_up(key):
-    result = llc.estimate_llc(key, squared_norm, jnp.zeros(2), nbeta=100.0, step_size=1.0, num_steps=200)
+    settings = LLCSettings(1.0, nbeta=100.0, num_steps=200)
+    result = llc.estimate_llc(key, squared_norm, jnp.zeros(2), settings=settings)
     assert llc.verdict(result).startswith("non-finite (4/4 chains)")
+    assert np.all(np.asarray(result.diagnostics.non_finite)) and not bool(llc.usable(result))
 
 
 def test_grid_matches_the_exact_euler_chain_in_every_cell(key):
     step_sizes, localizations, nbetas = [1e-4, 1e-3, 4e-3], [1.0, 100.0], [50.0, 100.0]
     grid = llc.llc_grid(
-        key, squared_norm, jnp.zeros(3), step_sizes=step_sizes, localizations=localizations, nbetas=nbetas,
-        num_chains=8, num_steps=3000, num_burnin=1000,
+        key, squared_norm, jnp.zeros(3), None,
+        LLCSettings(num_chains=8, num_steps=3000, num_burnin=1000),
+        step_sizes=step_sizes, localizations=localizations, nbetas=nbetas,
     )
     assert grid.result.llc.shape == (3, 2, 2)
     assert grid.result.loss_trace.shape == (3, 2, 2, 8, 3000)
@@ -246,19 +258,24 @@ def test_along_training_equals_looped_estimates_and_compiles_once(key):
         return jnp.mean((x @ w) ** 2)
 
     x = jax.random.normal(jax.random.fold_in(key, 1), (50, dim))
-    settings = dict(nbeta=20.0, step_size=1e-3, num_chains=3, num_steps=50)
-    batched = llc.llc_along_training(key, counted_loss, params, x, **settings)
+    settings = LLCSettings(nbeta=20.0, num_chains=3, num_steps=50)
+    batched = llc.llc_along_training(key, counted_loss, params, x, settings)
     num_traces = len(traces)
     assert batched.llc.shape == (num_runs, num_checkpoints)
     assert batched.loss_trace.shape == (num_runs, num_checkpoints, 3, 50)
     keys = jax.random.split(key, num_runs * num_checkpoints)
     for run in range(num_runs):
         for checkpoint in range(num_checkpoints):
-            single = llc.estimate_llc(keys[run * num_checkpoints + checkpoint], counted_loss, params[run, checkpoint], x, **settings)
+            cell_key = keys[run * num_checkpoints + checkpoint]
+            single = llc.estimate_llc(cell_key, counted_loss, params[run, checkpoint], x, settings)
             np.testing.assert_allclose(batched.llc[run, checkpoint], single.llc, rtol=1e-4, atol=1e-4)
-    # New checkpoints and data of the same shapes reuse the compiled program.
+    # New checkpoints, data and traced settings (ε, γ, nβ) of the same shapes reuse the program.
     before = len(traces)
-    llc.llc_along_training(jax.random.fold_in(key, 2), counted_loss, params + 1.0, x * 2.0, **settings)
+    moved = params + 1.0
+    llc.llc_along_training(jax.random.fold_in(key, 2), counted_loss, moved, x * 2.0, settings)
+    changed = settings.replace(step_size=2e-3, localization=3.0, nbeta=40.0)
+    llc.llc_along_training(jax.random.fold_in(key, 3), counted_loss, params, x, changed)
+    llc.estimate_llc(key, counted_loss, params[0, 0], x, changed)
     assert len(traces) == before and num_traces > 0
 
 
@@ -269,9 +286,127 @@ def test_along_training_with_a_dataset_per_run(key):
     W = jnp.broadcast_to(jnp.asarray(point.W, jnp.float32), (2, 2, 2, 6))
     b = jnp.broadcast_to(jnp.asarray(point.b, jnp.float32), (2, 2, 6))
     datasets = nested_datasets(sample_sparse_limit(key, 100, 6), [50, 100])
-    result = llc.llc_along_training(key, losses.row_loss, TMSParams(W, b), datasets, data_per_run=True, num_steps=20)
+    result = llc.llc_along_training(
+        key, losses.row_loss, TMSParams(W, b), datasets, LLCSettings(num_steps=20),
+        data_per_run=True,
+    )
     np.testing.assert_allclose(result.nbeta[:, 0], [50 / np.log(50), 100 / np.log(100)], rtol=1e-5)
     assert result.llc.shape == (2, 2)
+
+
+def linear_mlp_prediction(features, nbeta, step_size, localization):
+    r"""Exact E[nβ (L(w) − L(w*))] of the Euler chain for least squares on [x, 1]:
+    L − L* = δᵀAδ with A = mean(x̃x̃ᵀ), so along each eigenvector of A (eigenvalue a) the precision
+    is k = 2nβa + γ and the AR(1) variance 1/(k(1 − εk/4)) (tests/test_sgld.py):
+    E = Σ nβ a / (k (1 − εk/4))."""
+    augmented = np.concatenate([features, np.ones((features.shape[0], 1))], axis=1)
+    a = np.linalg.eigvalsh(augmented.T @ augmented / features.shape[0])
+    k = 2 * nbeta * a + localization
+    return float(np.sum(nbeta * a / (k * (1 - step_size * k / 4))))
+
+
+def test_llc_of_an_equinox_mlp_centre(key):
+    """An eqx.nn.MLP as users hold it (relu, a custom_jvp function, is a non-array leaf). With
+    depth 0 it is one linear layer, a regular model with d = 3 + 1 parameters: λ = 2, and the exact
+    value of the discretised chain is known (:func:`linear_mlp_prediction`)."""
+    key_x, key_model, key_run = jax.random.split(key, 3)
+    x = jax.random.normal(key_x, (400, 3))
+    y = x @ jnp.array([1.0, -2.0, 0.5]) + 0.3
+    model = eqx.nn.MLP(3, "scalar", 8, 0, activation=jax.nn.relu, key=key_model)
+
+    def loss_fn(mlp, data):
+        inputs, targets = data
+        return jnp.mean((jax.vmap(mlp)(inputs) - targets) ** 2)
+
+    # Fit the layer exactly (the centre must be a minimum): least squares on [x, 1].
+    solution = np.linalg.lstsq(np.c_[np.asarray(x), np.ones(400)], np.asarray(y), rcond=None)[0]
+    fitted = (jnp.asarray(solution[:3], jnp.float32)[None], jnp.asarray(solution[3:], jnp.float32))
+    center = eqx.tree_at(lambda m: (m.layers[0].weight, m.layers[0].bias), model, fitted)
+    settings = LLCSettings(
+        step_size=1e-3, nbeta=100.0, num_chains=16, num_steps=3000, num_burnin=500
+    )
+    result = llc.estimate_llc(key_run, loss_fn, center, (x, y), settings)
+    expected = linear_mlp_prediction(np.asarray(x), 100.0, 1e-3, 1.0)
+    stderr = float(result.stderr)
+    assert abs(float(result.llc) - expected) < 4 * stderr, (float(result.llc), expected, stderr)
+    # The Euler and localization biases are a few percent here (εk/4 ≈ 5%), the MC error smaller.
+    assert abs(expected - 2.0) < 0.2 and 4 * stderr < 0.1 * 2.0
+    assert bool(llc.usable(result))
+
+    # A hidden relu layer (no closed form): the same model path runs the grid and along-training
+    # entry points, with finite estimates.
+    deep = eqx.nn.MLP(3, "scalar", 4, 1, activation=jax.nn.relu, key=key_model)
+    def two_checkpoints(leaf):
+        return jnp.broadcast_to(leaf, (1, 2, *leaf.shape)) if eqx.is_inexact_array(leaf) else leaf
+
+    stacked = jax.tree.map(two_checkpoints, deep)
+    short = LLCSettings(step_size=1e-4, localization=100.0, num_chains=2, num_steps=50)
+    along = llc.llc_along_training(key_run, loss_fn, stacked, (x, y), short)
+    grid = llc.llc_grid(key_run, loss_fn, deep, (x, y), short, step_sizes=[1e-5, 1e-4])
+    assert along.llc.shape == (1, 2) and grid.result.llc.shape == (2, 1, 1)
+    assert np.all(np.isfinite(along.llc)) and np.all(np.isfinite(grid.result.llc))
+
+
+def test_partitioned_loss_is_equal_across_builds_with_integer_static_arrays(key):
+    def loss(params, data):
+        return sum(jnp.sum(x**2) for x in jax.tree.leaves(params))
+
+    _, static = eqx.partition(eqx.nn.MLP(3, 2, 4, 1, key=key), eqx.is_inexact_array)
+    another = eqx.nn.MLP(3, 2, 4, 1, key=jax.random.fold_in(key, 1))
+    _, static_again = eqx.partition(another, eqx.is_inexact_array)
+    first, second = llc.PartitionedLoss(loss, static), llc.PartitionedLoss(loss, static_again)
+    assert first == second and hash(first) == hash(second)  # another build, the same jit entry
+    with_ints = llc.PartitionedLoss(loss, {"index": jnp.arange(3), "f": jax.nn.relu})
+    assert with_ints == llc.PartitionedLoss(loss, {"index": jnp.arange(3), "f": jax.nn.relu})
+    assert with_ints != llc.PartitionedLoss(loss, {"index": jnp.arange(3) + 1, "f": jax.nn.relu})
+    assert with_ints != llc.PartitionedLoss(loss, {"index": jnp.arange(4), "f": jax.nn.relu})
+    assert first != llc.PartitionedLoss(lambda p, d: 0.0, static)
+    # A model of floating arrays only keeps its own loss (and compiled program).
+    params = {"w": jnp.ones(2)}
+    assert llc.partition_model(params, loss) == (params, loss)
+
+
+def _diagnostics(non_finite, escaped, drifting, low_acceptance):
+    masks = [np.asarray(m, dtype=bool) for m in (non_finite, escaped, drifting, low_acceptance)]
+    zeros = np.zeros(masks[0].shape)
+    return llc.LLCDiagnostics(*masks, zeros, zeros, zeros, zeros)
+
+
+def test_usable_excludes_any_blown_up_or_escaped_chain_and_only_those():
+    # (checkpoints=5, chains=2): ok | one chain drifting | one chain non-finite | one chain
+    # escaped | one chain with low acceptance
+    T, F = True, False
+    diagnostics = _diagnostics(
+        non_finite=[[F, F], [F, F], [T, F], [F, F], [F, F]],
+        escaped=[[F, F], [F, F], [F, F], [F, T], [F, F]],
+        drifting=[[F, F], [F, T], [F, F], [F, F], [F, F]],
+        low_acceptance=[[F, F], [F, F], [F, F], [F, F], [T, F]],
+    )
+    np.testing.assert_array_equal(llc.usable(diagnostics), [T, T, F, F, T])
+    np.testing.assert_array_equal(llc.usable_chains(diagnostics)[3], [T, F])
+    np.testing.assert_array_equal(llc.all_clear(diagnostics), [T, F, F, F, F])
+    assert llc.problem_counts(diagnostics) == {
+        "total": 5, "ok": 1, "non-finite": 1, "escaped": 1, "drifting": 1, "step size too large": 1,
+        "usable": 3, "excluded": 2,
+    }
+    result = llc.LLCResult(*([None] * 7), diagnostics)
+    assert list(llc.grid_verdicts(result)) == [
+        "ok", "drifting (1/2 chains)", "non-finite (1/2 chains)", "escaped (1/2 chains)",
+        "step size too large (1/2 chains)",
+    ]
+
+
+def test_settings_are_validated_once_hashable_and_split_into_a_static_part():
+    settings = LLCSettings(step_size=np.float64(1e-3), num_chains=np.int64(4))
+    assert settings == LLCSettings() and hash(settings) == hash(LLCSettings())  # types normalised
+    assert isinstance(settings.num_chains, int) and settings.num_draws == 500
+    # ε, γ and nβ are traced: they are not part of the static settings.
+    assert settings.chains == LLCSettings(step_size=0.5, localization=3.0, nbeta=7.0).chains
+    assert settings.replace(num_burnin=100, thinning=4).num_draws == 100
+    assert LLCSettings(sampler=SGLD(False)) != LLCSettings(sampler=SGLD(True))
+    assert LLCSettings(nbeta=5.0).to_dict()["sampler"] == "SGLD(estimate_acceptance=True)"
+    with pytest.raises(ValueError, match="num_burnin"):
+        settings.replace(num_burnin=500)
 
 
 @pytest.mark.parametrize(
@@ -279,6 +414,7 @@ def test_along_training_with_a_dataset_per_run(key):
     [
         (dict(step_size=-1.0), "step_size"),
         (dict(step_size=float("nan")), "step_size"),
+        (dict(step_size=[1e-3, 1e-4]), "step_size"),
         (dict(localization=-1.0), "localization"),
         (dict(nbeta=0.0), "nbeta"),
         (dict(num_chains=0), "num_chains"),
@@ -288,24 +424,34 @@ def test_along_training_with_a_dataset_per_run(key):
         (dict(draw_loss="mean"), "draw_loss"),
         (dict(num_chains=None), "num_chains"),
         (dict(num_burnin=-1), "num_burnin"),
-        (dict(nbeta=None, num_data=float("nan")), "num_data"),
+        (dict(sampler="sgld"), "sampler"),
     ],
 )
-def test_bad_arguments_are_named(key, kwargs, name):
-    settings = dict(nbeta=10.0) | kwargs
+def test_bad_settings_are_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        llc.estimate_llc(key, squared_norm, jnp.zeros(2), **settings)
+        LLCSettings(**kwargs)
 
 
-def test_missing_n_and_bad_center_are_named(key):
+def test_missing_n_and_bad_arguments_are_named(key):
     with pytest.raises(ValueError, match="nbeta"):
         llc.estimate_llc(key, squared_norm, jnp.zeros(2))
+    with pytest.raises(ValueError, match="num_data"):
+        llc.estimate_llc(key, squared_norm, jnp.zeros(2), num_data=float("nan"))
+    with pytest.raises(ValueError, match="settings"):
+        llc.estimate_llc(key, squared_norm, jnp.zeros(2), None, dict(nbeta=10.0))
+    settings = LLCSettings(nbeta=10.0)
     with pytest.raises(ValueError, match="center"):
-        llc.estimate_llc(key, squared_norm, jnp.array([jnp.nan, 0.0]), nbeta=10.0)
+        llc.estimate_llc(key, squared_norm, jnp.array([jnp.nan, 0.0]), settings=settings)
+    with pytest.raises(ValueError, match="center"):
+        nothing_to_sample = {"n": 3, "f": jax.nn.relu}
+        llc.estimate_llc(key, squared_norm, nothing_to_sample, settings=settings)
     with pytest.raises(ValueError, match="params"):
-        llc.llc_along_training(key, squared_norm, jnp.zeros(3), None, nbeta=10.0)
+        llc.llc_along_training(key, squared_norm, jnp.zeros(3), None, settings)
+    with pytest.raises(ValueError, match="step_sizes"):
+        llc.llc_grid(key, squared_norm, jnp.zeros(2), None, settings, step_sizes=[1e-3, -1.0])
     # Minibatches need data, in every entry point.
+    minibatch = settings.replace(batch_size=4)
     with pytest.raises(ValueError, match="batch_size needs data"):
-        llc.llc_grid(key, squared_norm, jnp.zeros(2), None, nbetas=10.0, step_sizes=[1e-3], localizations=[1.0], batch_size=4)
+        llc.llc_grid(key, squared_norm, jnp.zeros(2), None, minibatch, step_sizes=[1e-3])
     with pytest.raises(ValueError, match="batch_size needs data"):
-        llc.llc_along_training(key, squared_norm, jnp.zeros((1, 1, 2)), None, nbeta=10.0, batch_size=4)
+        llc.llc_along_training(key, squared_norm, jnp.zeros((1, 1, 2)), None, minibatch)

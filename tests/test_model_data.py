@@ -1,11 +1,11 @@
 """Model, empirical loss, data samplers and padded datasets."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import tmsjax
 from tmsjax import tms
 from tmsjax.tms.data import epoch_permutation, sample_minibatch
 from tmsjax.tms.model import TMSParams, loss
@@ -14,8 +14,24 @@ from tmsjax.tms.model import TMSParams, loss
 def test_empirical_loss_definition(key):
     x = tms.sample_sparse_limit(key, 50, 6)
     params = tms.init_params(jax.random.key(1), 6, bias_scale=0.1)
-    manual = np.mean(np.sum((np.asarray(x) - np.maximum(np.asarray(x) @ params.W.T @ params.W + params.b, 0)) ** 2, 1))
+    output = np.maximum(np.asarray(x) @ params.W.T @ params.W + params.b, 0)
+    manual = np.mean(np.sum((np.asarray(x) - output) ** 2, 1))
     assert float(tms.empirical_loss(params.W, params.b, x)) == pytest.approx(manual, rel=1e-5)
+
+
+def test_empty_dataset():
+    W, b = jnp.ones((2, 3)), jnp.zeros(3)
+    # The checked entry point refuses: there is no data to average over.
+    with pytest.raises(ValueError, match="x has no rows"):
+        tms.empirical_loss(W, b, np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="x has no rows"):
+        jax.jit(tms.empirical_loss)(W, b, jnp.zeros((0, 3)))  # a shape: checked at trace time
+    with pytest.raises(ValueError, match="mask selects no data"):
+        tms.empirical_loss(W, b, np.ones((4, 3)), np.zeros(4, bool))
+    # The jit-able loss checks nothing (under jit failures become data): NaN, as documented.
+    params = TMSParams(W, b)
+    assert np.isnan(float(loss(params, jnp.zeros((0, 3)))))
+    assert np.isnan(float(jax.jit(loss)(params, jnp.ones((4, 3)), jnp.zeros(4, bool))))
 
 
 def test_sparse_limit_data_shape(key):
@@ -39,6 +55,8 @@ def test_masked_loss_equals_loss_on_prefix(key):
     x = tms.sample_sparse_limit(key, 300, 6)
     params = tms.init_near_kgon(jax.random.key(2), 4, 6)
     datasets = tms.nested_datasets(x, [10, 100, 300])
+    chex.assert_shape([datasets.x], (3, 300, 6))
+    chex.assert_shape([datasets.mask], (3, 300))
     losses = jax.vmap(lambda d: loss(params, d.x, d.mask))(datasets)
     for n, value in zip([10, 100, 300], losses):
         assert float(value) == pytest.approx(float(loss(params, x[:n])), rel=1e-5)
@@ -46,10 +64,23 @@ def test_masked_loss_equals_loss_on_prefix(key):
     assert float(loss(params, padded.x, padded.mask)) == pytest.approx(float(losses[1]), rel=1e-6)
 
 
+def test_nested_datasets_grow():
+    x = jnp.arange(10.0).reshape(5, 2)
+    # A repeated size is allowed: it pads a block of sizes to a fixed length.
+    datasets = tms.nested_datasets(x, [1, 3, 3])
+    chex.assert_trees_all_equal(datasets.num_data, jnp.array([1, 3, 3]))
+    chex.assert_trees_all_equal(datasets.mask[1], jnp.array([True, True, True, False, False]))
+    with pytest.raises(ValueError, match="sizes must be nondecreasing"):
+        tms.nested_datasets(x, [3, 1])
+    with pytest.raises(ValueError, match="sizes must be nondecreasing"):
+        tms.nested_datasets(x, [1, 4, 2])
+
+
 def test_importance_weights(key):
     x = tms.sample_sparse_limit(key, 100, 3)
     params = TMSParams(jnp.zeros((2, 3)), jnp.zeros(3))
-    assert float(loss(params, x, importance=jnp.array([1.0, 0.0, 0.0]))) == pytest.approx(float(jnp.mean(x[:, 0] ** 2)))
+    weighted = loss(params, x, importance=jnp.array([1.0, 0.0, 0.0]))
+    assert float(weighted) == pytest.approx(float(jnp.mean(x[:, 0] ** 2)))
 
 
 def test_minibatches_respect_mask(key):
@@ -75,14 +106,17 @@ def test_init_near_kgon_is_near_kgon(key):
         (lambda: tms.nested_datasets(np.zeros((5, 3)), [2, 0]), "sizes"),
         (lambda: tms.nested_datasets(np.zeros((5, 3)), [2, 9]), "exceed"),
         (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 5))), "features"),
-        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 3)), np.zeros(4, bool)), "no data"),
+        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.ones((4, 3)),
+                                    np.zeros(4, bool)), "no data"),
         (lambda: tms.init_near_kgon(jax.random.key(0), 7, 6), "k=7"),
         (lambda: tms.init_near_kgon(jax.random.key(0), 4, 6, radius=np.nan), "radius"),
         (lambda: tms.init_near_kgon(jax.random.key(0), 4, 6, radius=(1.0, 0.5)), "radius"),
         (lambda: tms.init_params(jax.random.key(0), 6, scale=np.nan), "scale"),
         (lambda: tms.sample_sparse(jax.random.key(0), 10, 4, np.nan), "feature_probability"),
-        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 3)), np.arange(4)), "boolean"),
-        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.full((4, 3), np.nan)), "x contains NaN"),
+        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 3)), np.arange(4)),
+         "boolean"),
+        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.full((4, 3), np.nan)),
+         "x contains NaN"),
         (lambda: tms.make_dataset(np.full((4, 3), np.nan)), "x contains NaN"),
     ],
 )

@@ -1,6 +1,7 @@
 """The closed-form potential against an independent quadrature of its defining integral, and
 against the Monte Carlo empirical loss."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,7 +26,9 @@ def quadrature_loss(W, b):
             integrand = lambda mu: (mu * target - max(mu * a + bias, 0.0)) ** 2  # noqa: E731
             kink = -bias / a if a != 0 else -1.0
             points = [kink] if 0 < kink < 1 else None
-            value, _ = integrate.quad(integrand, 0.0, 1.0, points=points, epsabs=0, epsrel=1e-13, limit=200)
+            value, _ = integrate.quad(
+                integrand, 0.0, 1.0, points=points, epsabs=0, epsrel=1e-13, limit=200
+            )
             total += value
     return total / c
 
@@ -56,7 +59,8 @@ def test_potential_matches_quadrature(x64, c):
 
 def test_potential_matches_empirical_loss_within_monte_carlo_error(key):
     rng = np.random.default_rng(0)
-    W, b = jnp.asarray(rng.normal(size=(2, 6)), jnp.float32), jnp.asarray(0.3 * rng.normal(size=6), jnp.float32)
+    W = jnp.asarray(rng.normal(size=(2, 6)), jnp.float32)
+    b = jnp.asarray(0.3 * rng.normal(size=6), jnp.float32)
     x = tms.sample_sparse_limit(key, 400_000, 6)
     per_sample = jnp.sum((x - tms.reconstruct(TMSParams(W, b), x)) ** 2, axis=-1)
     mean, stderr = float(jnp.mean(per_sample)), float(jnp.std(per_sample) / np.sqrt(x.shape[0]))
@@ -72,7 +76,8 @@ def test_known_values():
     for beta in [0.05, 1 / (2 * c), 0.2]:
         b = (-jnp.ones(c)).at[0].set(beta)
         expected = (c - 1 + 1 - 3 * beta + 3 * c * beta**2) / (3 * c)
-        assert float(tmsjax.tms.potential(jnp.zeros((2, c)), b)) == pytest.approx(expected, rel=1e-5)
+        value = tmsjax.tms.potential(jnp.zeros((2, c)), b)
+        assert float(value) == pytest.approx(expected, rel=1e-5)
 
 
 def test_gradient_and_hessian_finite_everywhere(x64):
@@ -81,29 +86,32 @@ def test_gradient_and_hessian_finite_everywhere(x64):
     angles = np.pi / 2 * np.arange(c)
     cases = [
         np.zeros(3 * c),  # every a_ij = 0 and every b_i = 0
-        np.concatenate([np.stack([np.cos(angles), np.sin(angles)]).ravel(), np.zeros(c)]),  # a_ij ∈ {0, ±1}
+        # a_ij ∈ {0, ±1}
+        np.concatenate([np.stack([np.cos(angles), np.sin(angles)]).ravel(), np.zeros(c)]),
         np.concatenate([np.zeros(2 * c), -np.ones(c)]),  # dead columns
         np.concatenate([np.zeros(2 * c), np.full(c, 0.1)]),
     ]
     grad, hessian = jax.jit(jax.grad(flat_loss)), jax.jit(jax.hessian(flat_loss))
     for w in cases:
         w = jnp.asarray(w)
-        assert np.all(np.isfinite(grad(w)))
-        assert np.all(np.isfinite(hessian(w)))
+        chex.assert_tree_all_finite((grad(w), hessian(w)))
 
 
 def test_dtype_general_r_and_vmap():
     rng = np.random.default_rng(1)
     W, b = rng.normal(size=(3, 5)), 0.2 * rng.normal(size=5)
     value32 = tmsjax.tms.potential(jnp.asarray(W, jnp.float32), jnp.asarray(b, jnp.float32))
-    assert value32.dtype == jnp.float32
+    chex.assert_type(value32, jnp.float32)
     with jax.enable_x64(True):
         value64 = tmsjax.tms.potential(jnp.asarray(W), jnp.asarray(b))
-        assert value64.dtype == jnp.float64
+        chex.assert_type(value64, jnp.float64)
     assert float(value32) == pytest.approx(float(value64), rel=1e-5)
-    Ws, bs = jnp.asarray(rng.normal(size=(7, 2, 6)), jnp.float32), jnp.asarray(rng.normal(size=(7, 6)), jnp.float32)
+    Ws = jnp.asarray(rng.normal(size=(7, 2, 6)), jnp.float32)
+    bs = jnp.asarray(rng.normal(size=(7, 6)), jnp.float32)
     batched = jax.vmap(lambda W, b: population_loss(TMSParams(W, b)))(Ws, bs)
-    assert np.allclose(batched, [tmsjax.tms.potential(Ws[i], bs[i]) for i in range(7)], rtol=1e-6)
+    chex.assert_shape(batched, (7,))
+    singles = jnp.stack([tmsjax.tms.potential(Ws[i], bs[i]) for i in range(7)])
+    chex.assert_trees_all_close(batched, singles, rtol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,14 @@
 """The main job: the reproduction driver writes a report, resumes, and reports failures."""
 
+import importlib
 import json
 import subprocess
 import sys
 
 import pytest
+
+from experiments import common
+from experiments.reproduce import EXPERIMENTS
 
 
 def _reproduce(out, *extra):
@@ -36,17 +40,27 @@ def test_reproduce_every_experiment_at_smoke_size(tmp_path):
     assert not failed, failed
 
 
-@pytest.mark.parametrize("preset", ["cpu", "paper"])
-def test_every_experiment_accepts_the_reproduction_arguments(tmp_path, preset):
-    import importlib
-
-    from experiments.reproduce import EXPERIMENTS
-
-    for name, extra, cpu_extra in EXPERIMENTS:
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "paper"])
+def test_every_experiment_accepts_the_reproduction_settings(tmp_path, preset):
+    for name, inputs, cpu_settings in EXPERIMENTS:
         module = importlib.import_module(f"experiments.{name}")
-        argv = [a.replace("{root}", str(tmp_path)) for a in extra] + ["--out", str(tmp_path / name)]
-        argv += cpu_extra if preset == "cpu" else ["--preset", "paper"]
-        module.parse_args(argv)  # argparse exits on an unknown argument
+        overrides = {key: value.replace("{root}", str(tmp_path)) for key, value in inputs.items()}
+        if preset == "cpu":
+            overrides.update(cpu_settings)
+        args = common.configure(module, tmp_path / name, preset=preset, **overrides)
+        assert args.preset == preset and args.smoke == (preset == "smoke")
+        # Every preset value reached the arguments unless an override set it.
+        for key, value in module.PRESETS[preset].items():
+            assert getattr(args, key) == overrides.get(key, value), (name, key)
+
+
+def test_configure_rejects_unknown_settings(tmp_path):
+    from experiments import sgd_plateaus
+
+    with pytest.raises(ValueError, match="no argument 'learning_rate'"):
+        common.configure(sgd_plateaus, tmp_path, learning_rate=0.1)
+    with pytest.raises(ValueError, match="preset"):
+        common.configure(sgd_plateaus, tmp_path, preset="huge")
 
 
 def test_unknown_experiment_name_is_an_error(tmp_path):

@@ -113,3 +113,32 @@ def test_a_blown_up_chain_is_reported_not_raised(key):
         infos.append(info)
     assert not bool(infos[-1].is_finite)
     assert float(infos[-1].acceptance) == 0.0
+
+
+def test_the_sampler_object_steps_as_the_kernel_and_starts_minibatch_chains_with_placeholders(key):
+    sampler = sgld.SGLD()
+    center, data = jnp.array([0.3, -0.2]), None
+    state = sampler.init(jnp.array([1.0, 2.0]), data, loss_fn=quadratic)
+    expected_state = sgld.init(jnp.array([1.0, 2.0]), quadratic, data)
+    jax.tree.map(np.testing.assert_array_equal, state, expected_state)
+    stepped, info = sampler.step(key, state, data, center, 50.0, 1e-3, 2.0, loss_fn=quadratic)
+    kernel = sgld.build_kernel(quadratic)
+    expected, expected_info = kernel(key, state, data, center, 50.0, 1e-3, 2.0)
+    np.testing.assert_array_equal(stepped.position, expected.position)
+    np.testing.assert_array_equal(info.acceptance, expected_info.acceptance)
+    # Minibatch mode evaluates nothing at init: a zero loss of the loss's dtype, position as grad.
+    placeholder = sampler.init(jnp.ones(2, jnp.float32), data, loss_fn=quadratic, full_batch=False)
+    assert placeholder.loss.dtype == jnp.float32 and float(placeholder.loss) == 0.0
+    quiet_sampler = sgld.SGLD(estimate_acceptance=False)
+    _, quiet = quiet_sampler.step(
+        key, placeholder, data, center, 10.0, 1e-3, 1.0, loss_fn=quadratic, full_batch=False
+    )
+    assert np.isnan(quiet.acceptance)
+
+
+def test_samplers_compare_by_class_and_options():
+    # They are static jit arguments: equal options share a program, other options never do.
+    assert sgld.SGLD() == sgld.SGLD(True) and hash(sgld.SGLD()) == hash(sgld.SGLD(True))
+    assert sgld.SGLD(False) != sgld.SGLD(True)
+    with pytest.raises(ValueError, match="estimate_acceptance"):
+        sgld.SGLD(estimate_acceptance="yes")

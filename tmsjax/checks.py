@@ -1,7 +1,7 @@
 """Argument validation at public entry points: a ValueError that names the bad argument.
 
 Shape and dtype checks run at trace time (shapes are static). Value checks (NaN, n <= 0) run only on
-concrete arrays: inside jit the values are tracers and failures become data instead (DESIGN.md §8).
+concrete arrays: inside jit the values are tracers and failures become data instead (docs/architecture.md, decision 8).
 """
 
 import jax

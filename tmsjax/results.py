@@ -1,4 +1,4 @@
-"""One results layout for every experiment and sweep (DESIGN.md §5), written as work finishes.
+"""One results layout for every experiment and sweep (docs/architecture.md, decision 5), written as work finishes.
 
 ``--out DIR`` holds ``config.json`` (every setting plus library versions and the device),
 ``summary.json`` (small and readable), arrays as ``.npz`` and figures as PNG/GIF. Files are written
@@ -13,23 +13,26 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import importlib.metadata
+
 import jax
 import numpy as np
 
 
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment() -> dict[str, Any]:
     """Library versions and the device, recorded next to every result."""
-    import blackjax
-    import numpyro
-    import optax
-
     device = jax.devices()[0]
     return {
         "python": platform.python_version(),
         "jax": jax.__version__,
-        "blackjax": blackjax.__version__,
-        "numpyro": numpyro.__version__,
-        "optax": optax.__version__,
+        **{name: _version(name) for name in ("jaxlib", "blackjax", "optax", "equinox", "numpyro")},
         "backend": jax.default_backend(),
         "device": getattr(device, "device_kind", str(device)),
         "num_devices": jax.device_count(),

@@ -1,7 +1,7 @@
 r"""Scale-out: shard the leading grid axis of a sweep over every device of a `jax.sharding.Mesh`.
 
 Every sweep in tmsjax stacks what varies (dataset size n, chain, seed, hyperparameters) on one leading
-"grid" axis and vmaps over it (DESIGN.md §3). Grid elements never talk to each other, so the grid can
+"grid" axis and vmaps over it (docs/architecture.md, decision 3). Grid elements never talk to each other, so the grid can
 be split across devices with no communication: put each input with ``NamedSharding(mesh, P("grid"))``
 and jit propagates that sharding through the vmapped program (GSPMD), each device running its slice.
 

@@ -37,6 +37,7 @@ import optax
 from blackjax.adaptation.base import get_filter_adapt_info_fn
 from jax.flatten_util import ravel_pytree
 
+from tmsjax import sharding
 from tmsjax.checks import check_positive_int
 
 from tmsjax.types import Array, Bool, Float, Int, PRNGKey, PyTree
@@ -234,7 +235,7 @@ def build_chees_group(
 
     def run_group(key, positions, data):
         # blackjax's ChEES adaptation (mass matrix, length floor) assumes flat positions: ravel at
-        # the edge (DESIGN.md §1) and unravel the draws.
+        # the edge (docs/architecture.md, decision 1) and unravel the draws.
         _, unravel = ravel_pytree(jax.tree.map(lambda leaf: leaf[0], positions))
         original_positions = positions
         positions = jax.vmap(lambda p: ravel_pytree(p)[0])(positions)
@@ -336,8 +337,6 @@ def _check_settings(**settings) -> None:
 
 
 def _with_grid_checks(compiled, mesh, grid_data=lambda data: data):
-    from tmsjax import sharding
-
     def sweep(keys, positions, data):
         sizes = {"keys": sharding.grid_size(keys), "positions": sharding.grid_size(positions)}
         batched = grid_data(data)

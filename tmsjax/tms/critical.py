@@ -158,7 +158,7 @@ def solve_kgon(k: int) -> tuple[float, float, float]:
     """Radius l*, bias b* and h_k = H(k-gon at c = k) of the regular k-gon critical point, k ≥ 4.
 
     Newton's method on ∇h(l, b) = 0 in float64 from a start that extrapolates the k = 5..8 values.
-    PAPER_NOTES §3 says no regular k-gon critical point exists for 9 ≤ k ≤ 203 unless 4 | k; the exact
+    docs/paper_numbers.md §3 says no regular k-gon critical point exists for 9 ≤ k ≤ 203 unless 4 | k; the exact
     potential disagrees: from this start Newton converges for k = 9..13 to points with ‖∇L‖ ~ 1e-16
     (confirmed against finite differences of the quadrature loss), the 9-gon (l = 1.61711,
     b = −1.54232, L = 0.14340 at c = 9) even with a positive semi-definite Hessian. They enter the

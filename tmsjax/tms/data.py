@@ -1,6 +1,6 @@
 r"""Data for the TMS: samplers, and datasets padded to a fixed size with a mask.
 
-Dataset size is data, not shape (DESIGN.md §2): a :class:`Dataset` holds `x` of shape
+Dataset size is data, not shape: a :class:`Dataset` holds `x` of shape
 (n_max, c) and a boolean `mask` whose first n entries are True. A sweep over n uses *nested*
 datasets (the first n points of one draw), so every n runs in the same compiled program.
 """
@@ -40,8 +40,11 @@ class Dataset(NamedTuple):
         return Dataset(rows, jnp.ones((batch_size,), dtype=bool))
 
 
-def sample_sparse_limit(key: PRNGKey, num_data: int, num_features: int) -> Float[Array, "num_data num_features"]:
-    r"""The high-sparsity-limit distribution of Chen et al.: :math:`x = \mu e_i`, i uniform, μ ~ U[0, 1]."""
+def sample_sparse_limit(
+    key: PRNGKey, num_data: int, num_features: int
+) -> Float[Array, "num_data num_features"]:
+    r"""The high-sparsity-limit distribution of Chen et al.: :math:`x = \mu e_i`, i uniform,
+    μ ~ U[0, 1]."""
     num_data = check_positive_int("num_data", num_data)
     num_features = check_positive_int("num_features", num_features)
     key_i, key_mu = jax.random.split(key)
@@ -51,16 +54,23 @@ def sample_sparse_limit(key: PRNGKey, num_data: int, num_features: int) -> Float
 
 
 def sample_sparse(
-    key: PRNGKey, num_data: int, num_features: int, feature_probability: float | Float[Array, " num_features"]
+    key: PRNGKey,
+    num_data: int,
+    num_features: int,
+    feature_probability: float | Float[Array, " num_features"],
 ) -> Float[Array, "num_data num_features"]:
-    r"""Elhage et al.'s sparse data: feature i present with probability p_i (= 1 − S), value U[0, 1].
+    r"""Elhage et al.'s sparse data: feature i present with probability p_i (= 1 − S), value
+    U[0, 1].
 
     Importance weights act on the loss, not the data: pass them to :func:`tmsjax.tms.model.loss`.
     """
     num_data = check_positive_int("num_data", num_data)
     num_features = check_positive_int("num_features", num_features)
-    p = np.asarray(feature_probability, dtype=float) if not isinstance(feature_probability, jax.Array) else feature_probability
-    if not isinstance(p, jax.core.Tracer) and not np.all((np.asarray(p) >= 0) & (np.asarray(p) <= 1)):
+    p = feature_probability
+    if not isinstance(p, jax.Array):
+        p = np.asarray(p, dtype=float)
+    concrete = not isinstance(p, jax.core.Tracer)
+    if concrete and not np.all((np.asarray(p) >= 0) & (np.asarray(p) <= 1)):
         raise ValueError(f"feature_probability must lie in [0, 1], got {feature_probability!r}")
     key_on, key_value = jax.random.split(key)
     present = jax.random.uniform(key_on, (num_data, num_features)) < p
@@ -84,8 +94,17 @@ def make_dataset(x, n_max: int | None = None) -> Dataset:
 def nested_datasets(x, sizes) -> Dataset:
     """Datasets of sizes `sizes` made of the first n rows of `x`, stacked on a leading axis.
 
+    Args:
+      x: (n_max, c) the rows, in the order the datasets take them.
+      sizes: the dataset sizes, nondecreasing: nested datasets grow. A size may repeat, as when a
+        block of sizes is padded to a fixed length by repeating its last one.
+
     Returns:
       A Dataset with x (len(sizes), n_max, c) and mask (len(sizes), n_max), n_max = x.shape[0].
+
+    Raises:
+      ValueError: if `sizes` is empty, not 1-d, not positive integers, decreasing anywhere, or
+        beyond the rows of `x`.
     """
     x = as_float_array("x", x, ndim=2)
     sizes = np.asarray(sizes)
@@ -93,6 +112,10 @@ def nested_datasets(x, sizes) -> Dataset:
         raise ValueError(f"sizes must be a non-empty 1-d sequence, got {sizes!r}")
     if np.any(sizes <= 0) or np.any(sizes != np.round(sizes)):
         raise ValueError(f"sizes must be positive integers, got {sizes.tolist()}")
+    if np.any(np.diff(sizes) < 0):
+        raise ValueError(
+            f"sizes must be nondecreasing (nested datasets grow), got {sizes.tolist()}"
+        )
     if np.any(sizes > x.shape[0]):
         raise ValueError(f"sizes {sizes.tolist()} exceed the {x.shape[0]} rows of x")
     mask = jnp.arange(x.shape[0])[None, :] < jnp.asarray(sizes)[:, None]
@@ -148,7 +171,9 @@ def sparse_limit_stats(x, sizes, num_slots: int | None = None) -> SparseLimitSta
     counts = np.stack([np.bincount(feature[:n], minlength=num_features) for n in sizes])
     m = int(counts.max()) if num_slots is None else check_positive_int("num_slots", num_slots)
     if m < counts.max():
-        raise ValueError(f"num_slots={m} is smaller than the {int(counts.max())} samples of one feature")
+        raise ValueError(
+            f"num_slots={m} is smaller than the {int(counts.max())} samples of one feature"
+        )
     sorted_mu = np.full((len(sizes), num_features, m), 2.0)
     moments = np.zeros((len(sizes), 3, num_features, m + 1))
     for s, n in enumerate(sizes):
@@ -160,7 +185,9 @@ def sparse_limit_stats(x, sizes, num_slots: int | None = None) -> SparseLimitSta
                 moments[s, power, i, : len(sums)] = sums
                 moments[s, power, i, len(sums):] = sums[-1]
     dtype = jnp.zeros(()).dtype  # float32 unless x64 is enabled
-    return SparseLimitStats(jnp.asarray(sorted_mu, dtype), jnp.asarray(moments, dtype), jnp.asarray(counts))
+    return SparseLimitStats(
+        jnp.asarray(sorted_mu, dtype), jnp.asarray(moments, dtype), jnp.asarray(counts)
+    )
 
 
 def minibatch_indices(key: PRNGKey, num_data, batch_size: int) -> Int[Array, " batch_size"]:
@@ -173,12 +200,15 @@ def minibatch_indices(key: PRNGKey, num_data, batch_size: int) -> Int[Array, " b
 
 
 def shuffled_indices(key: PRNGKey, mask: Bool[Array, " n_max"]) -> Int[Array, " n_max"]:
-    """A random order of the real rows first, padding rows last: shuffling without replacement, n traced."""
+    """A random order of the real rows first, padding rows last: shuffling without replacement, n
+    traced."""
     scores = jax.random.uniform(key, mask.shape)
     return jnp.argsort(jnp.where(mask, scores, 2.0)).astype(jnp.int32)
 
 
-def sample_minibatch(key: PRNGKey, dataset: Dataset, batch_size: int) -> Float[Array, "batch_size num_features"]:
+def sample_minibatch(
+    key: PRNGKey, dataset: Dataset, batch_size: int
+) -> Float[Array, "batch_size num_features"]:
     """Draws `batch_size` rows uniformly with replacement from the real rows of a padded dataset.
 
     Relies on real rows coming first (as :func:`make_dataset` and :func:`nested_datasets` build

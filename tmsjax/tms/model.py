@@ -2,7 +2,9 @@ r"""The Toy Model of Superposition: parameters, forward map, empirical loss, ini
 
 The model is the tied ReLU autoencoder of Elhage et al. (2022),
 
-.. math:: f(x; W, b) = \mathrm{ReLU}(W^\top W x + b), \qquad W \in \mathbb{R}^{r\times c},\ b \in \mathbb{R}^c,
+.. math::
+    f(x; W, b) = \mathrm{ReLU}(W^\top W x + b), \qquad W \in \mathbb{R}^{r\times c},\
+    b \in \mathbb{R}^c,
 
 and the loss is the squared error summed over the c outputs, *not* halved, averaged over samples
 (Chen et al. 2023, eq. (2)): :math:`L_n(W, b) = \frac1n \sum_k \lVert x_k - f(x_k)\rVert^2`.
@@ -35,7 +37,9 @@ class TMSParams(NamedTuple):
     b: Float[Array, " num_features"]
 
 
-def reconstruct(params: TMSParams, x: Float[Array, "... num_features"]) -> Float[Array, "... num_features"]:
+def reconstruct(
+    params: TMSParams, x: Float[Array, "... num_features"]
+) -> Float[Array, "... num_features"]:
     r"""The forward map :math:`\mathrm{ReLU}(W^\top W x + b)` on a batch of inputs."""
     hidden = x @ params.W.T
     return jax.nn.relu(hidden @ params.W + params.b)
@@ -60,7 +64,9 @@ def loss(
       importance: optional per-feature weights I_i of Elhage et al. (default 1).
 
     Returns:
-      The scalar loss. An all-False mask gives NaN (there is no data to average over).
+      The scalar loss. An empty dataset (zero rows, or an all-False mask) gives NaN, there being no
+      data to average over: no check runs here, because under jit a failure has to become data.
+      :func:`empirical_loss`, the checked entry point, raises instead.
     """
     residual = x - reconstruct(params, x)
     squared = residual**2 if importance is None else importance * residual**2
@@ -72,12 +78,14 @@ def loss(
 
 
 def sum_squared_error_from_stats(params: TMSParams, stats) -> Float[Array, ""]:
-    r""":math:`\sum_k \lVert x_k - f(x_k; w)\rVert^2` of one-hot data from its sufficient statistics.
+    r""":math:`\sum_k \lVert x_k - f(x_k; w)\rVert^2` of one-hot data from its sufficient
+    statistics.
 
     For :math:`x = \mu e_i`, output j is :math:`\mathrm{ReLU}(\mu a_{ij} + b_j)` with
-    :math:`a_{ij} = W_i\cdot W_j`; it fires for μ on one side of :math:`t_{ij} = -b_j/a_{ij}`, a prefix or
-    suffix of feature i's sorted μ (:class:`tmsjax.tms.data.SparseLimitStats`). With :math:`P_p` the sum of
-    :math:`\mu^p` over that active set A and :math:`P_2^{\mathrm{all}}` over all of feature i's samples,
+    :math:`a_{ij} = W_i\cdot W_j`; it fires for μ on one side of :math:`t_{ij} = -b_j/a_{ij}`, a
+    prefix or suffix of feature i's sorted μ (:class:`tmsjax.tms.data.SparseLimitStats`). With
+    :math:`P_p` the sum of :math:`\mu^p` over that active set A and :math:`P_2^{\mathrm{all}}` over
+    all of feature i's samples,
 
     .. math::
         \sum_{j\ne i} (a^2 P_2 + 2ab P_1 + b^2 P_0)
@@ -94,10 +102,16 @@ def sum_squared_error_from_stats(params: TMSParams, stats) -> Float[Array, ""]:
     # Output j fires on {mu > t} if a > 0, {mu < t} if a < 0, everywhere or nowhere if a = 0.
     threshold = jnp.where(flat, jnp.where(bias > 0, -1.0, 3.0), -bias / safe_a)
     threshold = jnp.clip(threshold, -1.0, 3.0)  # mu lies in [0, 1]; padding is 2.0
-    below = jax.vmap(lambda mu, t: jnp.searchsorted(mu, t, side="right", method="compare_all"))(stats.mu, threshold)
-    below = jnp.minimum(below, stats.counts[:, None])  # (c, c): samples of feature i with mu <= t_ij
+
+    def count_below(mu, t):
+        return jnp.searchsorted(mu, t, side="right", method="compare_all")
+
+    below = jax.vmap(count_below)(stats.mu, threshold)
+    # (c, c): how many samples of feature i have mu <= t_ij
+    below = jnp.minimum(below, stats.counts[:, None])
     sums_below = jnp.take_along_axis(stats.moments, below[None], axis=2)
-    total = jnp.take_along_axis(stats.moments, jnp.broadcast_to(stats.counts[None, :, None], (3, num_features, num_features)), axis=2)
+    everything = jnp.broadcast_to(stats.counts[None, :, None], (3, num_features, num_features))
+    total = jnp.take_along_axis(stats.moments, everything, axis=2)
     fires_above = (a > 0) | flat  # a = 0: threshold -1 (all fire) or 3 (none)
     P0, P1, P2 = jnp.where(fires_above[None], total - sums_below, sums_below)
     cross = a**2 * P2 + 2 * a * bias * P1 + bias**2 * P0
@@ -116,12 +130,15 @@ def empirical_loss(W, b, x, mask=None, importance=None) -> Float[Array, ""]:
       importance: optional per-feature loss weights (num_features,).
 
     Raises:
-      ValueError: on wrong shapes or dtypes, NaN parameters, or an empty mask.
+      ValueError: on wrong shapes or dtypes, NaN parameters or data, or an empty dataset (`x` with
+        no rows, or a `mask` that selects none).
     """
     W, b = check_params(W, b)
     x = as_float_array("x", x, ndim=2)
     if x.shape[1] != W.shape[1]:
         raise ValueError(f"x has {x.shape[1]} features but W has {W.shape[1]} columns")
+    if x.shape[0] == 0:  # a static shape, so this check holds under jit too
+        raise ValueError("x has no rows: the loss of an empty dataset is undefined (n must be > 0)")
     check_finite("x", x)
     if mask is not None:
         mask = jnp.asarray(mask)
@@ -155,7 +172,12 @@ def _check_range(name, value, allow_negative=False):
 
 
 def init_params(
-    key: PRNGKey, num_features: int, num_hidden: int = 2, *, scale: float = 1.0, bias_scale: float = 0.0
+    key: PRNGKey,
+    num_features: int,
+    num_hidden: int = 2,
+    *,
+    scale: float = 1.0,
+    bias_scale: float = 0.0,
 ) -> TMSParams:
     """Random parameters: W ~ N(0, scale²), b ~ N(0, bias_scale²) (b = 0 by default)."""
     num_features = check_positive_int("num_features", num_features)
@@ -179,9 +201,9 @@ def init_near_kgon(
 ) -> TMSParams:
     r"""Parameters near a regular k-gon (r = 2), the starting points of the paper's SGD runs.
 
-    k random features get columns :math:`\rho\,(\cos(\theta + 2\pi j/k), \sin(\theta + 2\pi j/k))` with a
-    random rotation θ and a random permutation of features; the other columns are 0. Everything gets
-    N(0, noise²) noise.
+    k random features get columns
+    :math:`\rho\,(\cos(\theta + 2\pi j/k), \sin(\theta + 2\pi j/k))` with a random rotation θ and a
+    random permutation of features; the other columns are 0. Everything gets N(0, noise²) noise.
 
     Args:
       key: PRNG key.
@@ -217,5 +239,11 @@ def init_near_kgon(
 
 
 __all__ = [
-    "TMSParams", "reconstruct", "loss", "empirical_loss", "sum_squared_error_from_stats", "init_params", "init_near_kgon",
+    "TMSParams",
+    "reconstruct",
+    "loss",
+    "empirical_loss",
+    "sum_squared_error_from_stats",
+    "init_params",
+    "init_near_kgon",
 ]

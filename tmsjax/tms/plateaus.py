@@ -43,6 +43,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from tmsjax.tms.critical import critical_points
+
 UNKNOWN = "unknown"
 DIVERGED = "diverged"
 
@@ -190,8 +192,6 @@ class PlateauAnalysis(NamedTuple):
 
 def energy_levels(num_features: int) -> tuple[tuple[str, ...], np.ndarray]:
     """Labels and losses of the catalogue of critical points, sorted by loss."""
-    from tmsjax.tms.critical import critical_points
-
     points = critical_points(num_features)
     return tuple(p.label for p in points), np.array([p.loss for p in points])
 

@@ -6,7 +6,7 @@ r"""The TMS posterior: Gaussian prior, tempered likelihood, and their sum as a l
     \qquad L_n(w) = \frac1n\sum_{k\le n}\lVert x_k - f(x_k; w)\rVert^2
 
 with the *unhalved* loss of :func:`tmsjax.tms.model.loss` (so T = 1 is a Gaussian likelihood of variance ½
-per output). Chen et al. (2023) sample exactly this with σ = 1, T = 1 (PAPER_NOTES §5; inferred from
+per output). Chen et al. (2023) sample exactly this with σ = 1, T = 1 (docs/paper_numbers.md §5; inferred from
 their free-energy constants).
 
 Consequences for the Bayesian transition point :math:`n_c` (see :mod:`tmsjax.tms.theory`). Near a phase α
@@ -14,12 +14,12 @@ the evidence is :math:`F_n \approx (n/T) L_\alpha + \lambda_\alpha \log(n/T) + \
 
 - the *likelihood scale* T rescales the sample size, :math:`n_c(T) = T\,n_c(1)`. A halved loss (T = 2)
   moves the 5 → 6 transition from n ≈ 601 to ≈ 1202 (≈ 1317 if one keeps λ log n rather than
-  λ log(n/T), the convention PAPER_NOTES quotes; the two differ by the O(1) term λ log T);
+  λ log(n/T), the convention docs/paper_numbers.md quotes; the two differ by the O(1) term λ log T);
 - the *prior width* σ scales the constant, :math:`c_\alpha = \lVert w^*_\alpha\rVert^2/(2\sigma^2)`;
   since the 6-gon has the larger norm (c = 6.378 vs 3.624 for the 5-gon) a wider prior moves n_c down,
   towards ≈ 445 as σ → ∞, and a narrower one moves it up.
 
-Dataset size is data (DESIGN.md §2): `n` is the number of True entries of the dataset's mask, a traced
+Dataset size is data (docs/architecture.md, decision 2): `n` is the number of True entries of the dataset's mask, a traced
 value, so one compiled sampler serves every n of a nested sweep.
 """
 
@@ -75,7 +75,7 @@ def log_density(
 
 def make_logdensity_fn(prior_std: float = 1.0, temperature: float = 1.0):
     """A ``(params, dataset) -> log density`` closure with σ and T fixed; the dataset stays an argument
-    so a sweep can vmap over datasets of different n (DESIGN.md §3)."""
+    so a sweep can vmap over datasets of different n (docs/architecture.md, decision 3)."""
     if not (prior_std > 0 and math.isfinite(prior_std)):
         raise ValueError(f"prior_std must be positive and finite, got {prior_std!r}")
     if not (temperature > 0 and math.isfinite(temperature)):

@@ -1,16 +1,17 @@
 r"""Free-energy theory of Bayesian phase transitions over the k-gon catalogue.
 
-For a phase α around the critical point :math:`w^*_\alpha` (Watanabe's asymptotics, Chen et al. 2023 §5),
+For a phase α around the critical point :math:`w^*_\alpha` (Watanabe's asymptotics, Chen et al.
+2023 §5),
 
 .. math::
     F_n(\alpha) \approx n_\beta L(w^*_\alpha) + \lambda_\alpha \log n_\beta + c_\alpha,
     \qquad n_\beta = n / T,\qquad c_\alpha = \frac{\lVert w^*_\alpha\rVert^2}{2\sigma^2},
 
 with L the population loss, λ the learning coefficient and :math:`c_\alpha` the prior term (T the
-likelihood scale and σ the prior width of :mod:`tmsjax.tms.posterior`; T = σ = 1 in the paper). The
-posterior mass of phase α is :math:`\propto e^{-F_n(\alpha)}` (the log-sum-exp approximation), so the
-theoretical occupancy is a softmax of :math:`-F_n` over the phases considered, and the crossing
-:math:`n_c` of two phases solves
+likelihood scale and σ the prior width of :mod:`tmsjax.tms.posterior`; T = σ = 1 in the paper).
+The posterior mass of phase α is :math:`\propto e^{-F_n(\alpha)}` (the log-sum-exp approximation),
+so the theoretical occupancy is a softmax of :math:`-F_n` over the phases considered, and the
+crossing :math:`n_c` of two phases solves
 
 .. math:: n_\beta\,\Delta L = \Delta\lambda\,\log n_\beta + \Delta c .
 
@@ -64,7 +65,9 @@ def catalogue_phases(
     points = {p.label: p for p in critical_points(num_features)}
     unknown = sorted(set(estimates) - set(points))
     if unknown:
-        raise ValueError(f"llc_estimates has labels {unknown} not in the c={num_features} catalogue")
+        raise ValueError(
+            f"llc_estimates has labels {unknown} not in the c={num_features} catalogue"
+        )
     if labels is not None:
         missing = [label for label in labels if label not in points]
         if missing:
@@ -76,9 +79,12 @@ def catalogue_phases(
         llc = estimates.get(point.label, point.llc)
         if llc is None:
             if labels is not None:
-                raise ValueError(f"labels: phase {point.label!r} has no closed-form λ; pass llc_estimates")
+                raise ValueError(
+                    f"labels: phase {point.label!r} has no closed-form λ; pass llc_estimates"
+                )
             continue
-        phases.append(TheoryPhase(point.label, float(point.loss), float(llc), float(point.constant)))
+        phase = TheoryPhase(point.label, float(point.loss), float(llc), float(point.constant))
+        phases.append(phase)
     return sorted(phases, key=lambda p: p.loss)
 
 
@@ -89,7 +95,8 @@ def _check_scales(temperature, prior_std) -> None:
 
 
 def free_energy(n, loss, llc, constant, *, temperature: float = 1.0, prior_std: float = 1.0):
-    r""":math:`F_n = (n/T) L + \lambda \log(n/T) + c/\sigma^2` (`constant` is ½‖w*‖² at σ = 1); broadcasts."""
+    r""":math:`F_n = (n/T) L + \lambda \log(n/T) + c/\sigma^2` (`constant` is ½‖w*‖² at σ = 1);
+    broadcasts."""
     _check_scales(temperature, prior_std)
     n = np.asarray(n, dtype=float)
     if not np.all(np.isfinite(n)) or np.any(n <= 0):
@@ -98,23 +105,44 @@ def free_energy(n, loss, llc, constant, *, temperature: float = 1.0, prior_std: 
     return nbeta * loss + llc * np.log(nbeta) + constant / prior_std**2
 
 
-def free_energies(n, phases: Sequence[TheoryPhase], *, temperature: float = 1.0, prior_std: float = 1.0):
+def free_energies(
+    n, phases: Sequence[TheoryPhase], *, temperature: float = 1.0, prior_std: float = 1.0
+):
     """F_n of every phase: array (len(n), len(phases))."""
     n = np.atleast_1d(np.asarray(n, dtype=float))
-    return np.stack(
-        [free_energy(n, p.loss, p.llc, p.constant, temperature=temperature, prior_std=prior_std) for p in phases],
-        axis=-1,
-    )
+    scales = dict(temperature=temperature, prior_std=prior_std)
+    return np.stack([free_energy(n, p.loss, p.llc, p.constant, **scales) for p in phases], axis=-1)
 
 
-def theoretical_occupancy(n, phases: Sequence[TheoryPhase], *, temperature: float = 1.0, prior_std: float = 1.0):
-    r"""Posterior mass of each phase, :math:`\propto e^{-F_n}` normalised over `phases`: (len(n), P)."""
+def theoretical_occupancy(
+    n, phases: Sequence[TheoryPhase], *, temperature: float = 1.0, prior_std: float = 1.0
+):
+    r"""Posterior mass of each phase, :math:`\propto e^{-F_n}` normalised over `phases`:
+    (len(n), P)."""
     if len(phases) == 0:
         raise ValueError("phases must not be empty")
     energies = free_energies(n, phases, temperature=temperature, prior_std=prior_std)
     logits = -energies - np.max(-energies, axis=-1, keepdims=True)
     weights = np.exp(logits)
     return weights / weights.sum(axis=-1, keepdims=True)
+
+
+def _check_distinct(phase_from: TheoryPhase, phase_to: TheoryPhase, include_constant: bool) -> None:
+    # Without this the gap is 0 at every n: no sign change, and crossing() would return NaN, which
+    # reads as "these phases never cross" instead of "you passed one phase twice".
+    if phase_from.label == phase_to.label:
+        raise ValueError(
+            f"phase_from and phase_to are the same phase {phase_from.label!r}: a phase has no "
+            "crossing with itself"
+        )
+    same_constant = phase_from.constant == phase_to.constant or not include_constant
+    if phase_from.loss == phase_to.loss and phase_from.llc == phase_to.llc and same_constant:
+        equal = "equal loss, llc and constant" if include_constant else "equal loss, llc"
+        raise ValueError(
+            f"phase_from {phase_from.label!r} and phase_to {phase_to.label!r} are the same phase "
+            f"to the free energy formula ({equal}): their free energies are equal at every n, so "
+            "there is no crossing"
+        )
 
 
 def crossing(
@@ -128,13 +156,19 @@ def crossing(
 ) -> float:
     r"""The n at which `phase_to` overtakes `phase_from`: :math:`F_n(\text{from}) = F_n(\text{to})`.
 
-    Solves :math:`n_\beta\Delta L = \Delta\lambda\log n_\beta + \Delta c` (Δ = to − from reversed so that
-    the lower-loss phase wins at large n) by bracketing on log n.
+    Solves :math:`n_\beta\Delta L = \Delta\lambda\log n_\beta + \Delta c` (Δ = to − from reversed
+    so that the lower-loss phase wins at large n) by bracketing on log n.
 
     Returns:
-      n_c (the largest crossing in `n_range`), or NaN when the free energies do not cross inside `n_range` (e.g. the lower-loss phase
-      also has the lower λ and constant, so it dominates at every n).
+      n_c (the largest crossing in `n_range`), or NaN when the free energies do not cross inside
+      `n_range` (e.g. the lower-loss phase also has the lower λ and constant, so it dominates at
+      every n).
+
+    Raises:
+      ValueError: if the two phases are the same (one label, or the same loss, λ and constant: free
+        energies equal at every n, so there is no crossing to find), or on a bad scale or range.
     """
+    _check_distinct(phase_from, phase_to, include_constant)
     _check_scales(temperature, prior_std)
     low, high = n_range
     if not (np.isfinite(low) and np.isfinite(high) and 0 < low < high):
@@ -167,13 +201,32 @@ def crossing_by_label(
     llc_estimates: Mapping[str, float] | None = None,
     **kwargs,
 ) -> float:
-    """:func:`crossing` between two catalogue phases named by label, e.g. ``("5", "6")`` → ≈ 601."""
-    phases = {p.label: p for p in catalogue_phases(num_features, llc_estimates, labels=[label_from, label_to])}
+    """:func:`crossing` between two catalogue phases named by label, e.g. ``("5", "6")`` → ≈ 601.
+
+    Raises:
+      ValueError: if `label_from` and `label_to` name the same phase, or a label is not in the
+        catalogue or lacks λ.
+    """
+    if label_from == label_to:
+        raise ValueError(
+            f"label_from and label_to are both {label_from!r}: the same phase has no crossing "
+            "with itself"
+        )
+    pair = catalogue_phases(num_features, llc_estimates, labels=[label_from, label_to])
+    phases = {p.label: p for p in pair}
     return crossing(phases[label_from], phases[label_to], **kwargs)
 
 
 def all_crossings(phases: Sequence[TheoryPhase], **kwargs) -> dict[str, float]:
-    """n_c for every ordered pair (higher-loss → lower-loss) that crosses: ``{"5->6": 601.3, ...}``."""
+    """n_c for every ordered pair (higher-loss → lower-loss) that crosses: ``{"5->6": 601.3, ...}``.
+
+    Raises:
+      ValueError: if `phases` lists one phase (label) twice; its results would share a key.
+    """
+    labels = [p.label for p in phases]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"phases lists the same phase more than once: {repeated}")
     out = {}
     for high in phases:
         for low in phases:
@@ -186,12 +239,16 @@ def all_crossings(phases: Sequence[TheoryPhase], **kwargs) -> dict[str, float]:
 
 def empirical_crossing(n, occupancy_from, occupancy_to) -> float:
     """Where an empirical occupancy difference changes sign, by log-linear interpolation between the
-    grid points bracketing the first sign change from `from`-dominant to `to`-dominant; NaN if none."""
+    grid points bracketing the first sign change from `from`-dominant to `to`-dominant; NaN if
+    none."""
     n = np.asarray(n, dtype=float)
-    occupancy_from, occupancy_to = np.asarray(occupancy_from, dtype=float), np.asarray(occupancy_to, dtype=float)
+    occupancy_from = np.asarray(occupancy_from, dtype=float)
+    occupancy_to = np.asarray(occupancy_to, dtype=float)
     if not (n.ndim == 1 and occupancy_from.shape == n.shape == occupancy_to.shape):
-        raise ValueError(f"n, occupancy_from and occupancy_to must be 1-d of one length, got {n.shape}, "
-                         f"{occupancy_from.shape}, {occupancy_to.shape}")
+        raise ValueError(
+            f"n, occupancy_from and occupancy_to must be 1-d of one length, got {n.shape}, "
+            f"{occupancy_from.shape}, {occupancy_to.shape}"
+        )
     diff = occupancy_to - occupancy_from
     order = np.argsort(n)
     n, diff = n[order], diff[order]

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tmsjax import llc
 from tmsjax.types import Array, Float, Int, PRNGKey, PyTree
 
 #: Names of the scalar probe series that :func:`scalar_series` returns, in order.
@@ -141,7 +142,7 @@ def weight_histogram(params: PyTree, edges) -> Int[Array, " num_bins"]:
     edges = jnp.asarray(edges)
     if edges.ndim != 1 or edges.shape[0] < 2:
         raise ValueError(f"edges must be a 1-d array of at least 2 bin edges, got shape {edges.shape}")
-    if not isinstance(edges, jax.core.Tracer):  # values are checkable only outside jit (DESIGN.md §8)
+    if not isinstance(edges, jax.core.Tracer):  # values are checkable only outside jit (docs/architecture.md, decision 8)
         concrete = np.asarray(edges)
         if not np.all(np.isfinite(concrete)) or np.any(np.diff(concrete) <= 0):
             raise ValueError("edges must be finite and strictly increasing")
@@ -234,22 +235,21 @@ def scalar_series(probes: Probes, steps=None) -> dict[str, np.ndarray]:
     return series
 
 
+#: The λ̂ probe's default settings: short chains (a probe, not a converged estimate), nβ = n / log n.
+PROBE_SETTINGS = llc.LLCSettings(num_chains=2, num_steps=200, num_burnin=50)
+
+
 def llc_probe_result(
     key: PRNGKey,
     loss_fn: Callable[[PyTree, Any], Float[Array, ""]],
     checkpoints: PyTree,
     data: Any,
+    settings: llc.LLCSettings = PROBE_SETTINGS,
     *,
-    nbeta: float,
-    step_size: float = 1e-3,
-    localization: float = 1.0,
-    num_chains: int = 2,
-    num_steps: int = 200,
-    num_burnin: int = 50,
-    batch_size: int | None = None,
+    num_data=None,
     data_per_run: bool = False,
-    cell_batch: int | None = 8,
-):
+    cell_batch: int | None = llc.DEFAULT_CELL_BATCH,
+) -> llc.LLCResult:
     r"""λ̂ at every checkpoint of many runs with its traces and health, through the LLC engine
     (:func:`tmsjax.llc.llc_along_training`).
 
@@ -257,18 +257,19 @@ def llc_probe_result(
               \quad w \sim e^{-n\beta L_n(w) - \frac\gamma2\lVert w-\theta_t\rVert^2}
 
     Unlike the other probes it needs the loss and data, and costs num_chains × num_steps gradients per
-    checkpoint, so it runs after training on the stored checkpoints. Equinox modules work: their
-    non-array fields are split off with ``eqx.partition`` and put back inside the loss.
-    :func:`llc_health` reads the verdicts of the result.
+    checkpoint, so it runs after training on the stored checkpoints. Equinox modules work: the
+    engine splits off their non-array fields (:func:`tmsjax.llc.partition_model`).
+    :func:`tmsjax.llc.usable` says which estimates to use, :func:`tmsjax.llc.problem_counts` counts
+    the problems.
 
     Args:
       key: PRNG key.
       loss_fn: ``loss_fn(params, data) -> scalar`` (a module-level function: a fresh lambda recompiles).
       checkpoints: a pytree whose array leaves have leading axes (num_runs, num_checkpoints).
       data: the dataset every run trained on (any pytree), or with `data_per_run` one per run.
-      nbeta: :math:`n\beta` (e.g. n / log n).
-      step_size, localization, num_chains, num_steps, num_burnin, batch_size: the SGLD settings of
-        :func:`tmsjax.llc.estimate_llc` (short chains: a probe, not a converged estimate).
+      settings: the chains' :class:`tmsjax.llc.LLCSettings`; default :data:`PROBE_SETTINGS`
+        (2 chains × 200 steps, 50 burn-in, ε = 1e-3, γ = 1, nβ = n / log n).
+      num_data: n for the default nβ when the data do not tell it.
       data_per_run: whether every leaf of `data` has a leading num_runs axis.
       cell_batch: (run, checkpoint) cells vmapped together (CPU cache-friendly, as the engine's
         default); None vmaps all at once (best on a GPU).
@@ -276,129 +277,28 @@ def llc_probe_result(
     Returns:
       A :class:`tmsjax.llc.LLCResult` with leading axes (num_runs, num_checkpoints).
     """
-    from tmsjax import llc as llc_engine
-
-    if not callable(loss_fn):
-        raise ValueError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    arrays, static = eqx.partition(checkpoints, eqx.is_inexact_array)
-    if not jax.tree.leaves(arrays):
-        raise ValueError("checkpoints has no floating-point array leaves")
-    return llc_engine.llc_along_training(
-        key,
-        PartitionedLoss(loss_fn, static),
-        arrays,
-        data,
-        data_per_run=data_per_run,
-        nbeta=float(nbeta),
-        step_size=step_size,
-        localization=localization,
-        num_chains=num_chains,
-        num_steps=num_steps,
-        num_burnin=num_burnin,
-        batch_size=batch_size,
+    return llc.llc_along_training(
+        key, loss_fn, checkpoints, data, settings, data_per_run=data_per_run, num_data=num_data,
         cell_batch=cell_batch,
     )
 
 
-def llc_probe(key: PRNGKey, loss_fn: Callable, checkpoints: PyTree, data: Any, **kwargs) -> Float[Array, "num_runs num_checkpoints"]:
-    r"""λ̂ at every checkpoint of many runs (:func:`llc_probe_result`), NaN where a chain blew up.
-
-    Only non-finite chains are masked here; use :func:`llc_probe_result` with :func:`llc_health`
-    to also drop escaped estimates and count the problems.
+def llc_probe(
+    key: PRNGKey,
+    loss_fn: Callable,
+    checkpoints: PyTree,
+    data: Any,
+    settings: llc.LLCSettings = PROBE_SETTINGS,
+    **kwargs,
+) -> Float[Array, "num_runs num_checkpoints"]:
+    r"""λ̂ at every checkpoint of many runs (:func:`llc_probe_result`), NaN where the estimate is not
+    usable (:func:`tmsjax.llc.usable`: a chain blew up or escaped).
 
     Returns:
       λ̂ with shape (num_runs, num_checkpoints).
     """
-    result = llc_probe_result(key, loss_fn, checkpoints, data, **kwargs)
-    return jnp.where(jnp.all(result.diagnostics.is_finite, axis=-1), result.llc, jnp.nan)
-
-
-class LLCHealth(NamedTuple):
-    """Health of a batch of λ̂ estimates (from :func:`llc_health`).
-
-    Attributes:
-      usable: (num_runs, num_checkpoints) bool: finite in every chain, escaped in at most half of
-        them, and a non-negative pooled λ̂. Only these enter change-point detection.
-      counts: estimates (not chains) with each problem, over all runs and checkpoints: "total",
-        "ok" (no flag on any chain), "non-finite", "escaped", "drifting", "step size too large"
-        (an estimate counts once a chain has the problem), "negative" (pooled λ̂ < 0) and
-        "excluded" (not usable).
-    """
-
-    usable: np.ndarray
-    counts: dict
-
-
-def llc_health(result) -> LLCHealth:
-    r"""Which λ̂ estimates of a batch are usable, and how many have each problem of the LLC verdicts.
-
-    A non-finite chain means a blow-up; an escaped chain (many draws below :math:`L_n(\theta_t)`, or a
-    negative per-chain λ̂) means the checkpoint is not a local minimum at this temperature and the
-    estimate is not the LLC of :math:`\theta_t` (see :mod:`tmsjax.llc`). Both make the value
-    meaningless, so such estimates are excluded; drifting and low-acceptance chains bias λ̂ but keep
-    its trend, so they are only counted.
-
-    Args:
-      result: a :class:`tmsjax.llc.LLCResult` with leading axes (num_runs, num_checkpoints).
-    """
-    from tmsjax import llc as llc_engine
-
-    flags = np.asarray(result.diagnostics.flags)
-    values = np.asarray(result.llc)
-    if flags.ndim != 3:
-        raise ValueError(f"result must have leading axes (num_runs, num_checkpoints), got flags of shape {flags.shape}")
-    has = {name: np.any((flags & bit) != 0, axis=-1) for bit, name in llc_engine.PROBLEMS.items()}
-    escaped_chains = np.mean((flags & llc_engine.ESCAPED) != 0, axis=-1)
-    negative = np.isfinite(values) & (values < 0)
-    usable = ~has["non-finite"] & np.isfinite(values) & (escaped_chains <= 0.5) & ~negative
-    counts = {"total": int(values.size), "ok": int(np.sum(flags.max(axis=-1) == 0))}
-    counts.update({name: int(np.sum(mask)) for name, mask in has.items()})
-    counts["negative"] = int(np.sum(negative))
-    counts["excluded"] = int(np.sum(~usable))
-    return LLCHealth(usable, counts)
-
-
-def _leaves_equal(a, b) -> bool:
-    """Exact equality of two static leaves: arrays (any dtype, integer ones included) by shape, dtype
-    and values, everything else (functions, numbers, strings) by ``==``."""
-    if isinstance(a, (np.ndarray, jax.Array)) or isinstance(b, (np.ndarray, jax.Array)):
-        if not isinstance(a, (np.ndarray, jax.Array)) or not isinstance(b, (np.ndarray, jax.Array)):
-            return False
-        a, b = np.asarray(a), np.asarray(b)
-        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
-    try:
-        return bool(a == b)
-    except (TypeError, ValueError):
-        return a is b
-
-
-class PartitionedLoss:
-    """``loss_fn(eqx.combine(arrays, static), data)``, hashable and comparable by value, so the LLC
-    engine's jit (which takes the loss as a static argument) compiles once per loss and model
-    structure: two task builds with the same loss and the same static part (activation functions,
-    layer sizes) share one compiled λ̂ program.
-
-    Equality compares the loss, the static part's tree structure and every static leaf exactly
-    (arrays by value: ``eqx.tree_equal(...) is True`` returns an array, not True, for array leaves);
-    the hash uses only the loss and the tree structure, which equal objects share.
-    """
-
-    def __init__(self, loss_fn, static):
-        self.loss_fn = loss_fn
-        self.static = static
-
-    def __call__(self, arrays, data):
-        return self.loss_fn(eqx.combine(arrays, self.static), data)
-
-    def __hash__(self):
-        return hash((self.loss_fn, jax.tree.structure(self.static)))
-
-    def __eq__(self, other):
-        if not isinstance(other, PartitionedLoss) or self.loss_fn != other.loss_fn:
-            return False
-        leaves, structure = jax.tree.flatten(self.static)
-        other_leaves, other_structure = jax.tree.flatten(other.static)
-        return structure == other_structure and all(_leaves_equal(a, b) for a, b in zip(leaves, other_leaves))
+    result = llc_probe_result(key, loss_fn, checkpoints, data, settings, **kwargs)
+    return jnp.where(llc.usable(result), result.llc, jnp.nan)
 
 
 __all__ = [
@@ -416,8 +316,7 @@ __all__ = [
     "compute_probes",
     "probe_trajectory",
     "scalar_series",
+    "PROBE_SETTINGS",
     "llc_probe",
     "llc_probe_result",
-    "LLCHealth",
-    "llc_health",
 ]

@@ -21,7 +21,7 @@ import optax
 from tmsjax.checks import check_positive_int
 from tmsjax.training.engine import TrainState, optimizer_step, run_ensemble
 from tmsjax.training.schedule import checkpoint_schedule
-from tmsjax.transitions.probes import PartitionedLoss
+from tmsjax.llc import PartitionedLoss
 from tmsjax.transitions.tasks.base import (
     TaskRuns,
     check_num_null,
