@@ -101,6 +101,7 @@ PRESETS = {
     "cpu": dict(
         num_features=6, sizes="150,250,350,450,550,650,800,1000,1300", chains_per_phase=4,
         num_warmup=400, num_samples=400, max_doublings=5, block_sizes=3, smc_particles=1000, smc_replicates=4,
+        tsne_points=1500,
     ),
     # GPU: the paper's range, 100..2000 for c = 6 (c = 4, 5 get 100..600 in their own run).
     # num_features None: the paper's three systems c = 6, 5, 4, each in its own folder.
@@ -149,6 +150,14 @@ def check(args):
     sizes = sorted({int(s) for s in str(args.sizes).split(",")})
     if not sizes or min(sizes) <= 0:
         raise ValueError(f"--sizes must be positive integers, got {args.sizes!r}")
+    counts = ("chains_per_phase", "num_warmup", "num_samples", "max_doublings", "block_sizes", "smc_particles",
+              "smc_replicates")
+    for name in counts:
+        value = getattr(args, name)
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    if not isinstance(args.tsne_points, int) or args.tsne_points < 0:
+        raise ValueError(f"--tsne-points must be a non-negative integer, got {args.tsne_points!r}")
 
 
 def settings_from_args(args) -> dict:

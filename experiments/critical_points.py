@@ -11,7 +11,7 @@ grad_norm, Hessian counts, constant), ``DIR/energy_levels_c{c}.png`` and ``DIR/c
 
 References: Chen, Lau, Mendel, Wei, Murfet (2023), arXiv:2310.06301, §3, App. A, E.
 
-Usage: python -m experiments.critical_points --out results/critical_points [--features 4,5,6,7,8]
+Usage: python -m experiments.critical_points --out results/critical_points [--num-features 4,5,6,7,8]
 """
 
 import sys
@@ -22,23 +22,29 @@ from tmsjax.tms.critical import critical_points
 from tmsjax.tms.plotting import energy_diagram
 
 # Exact computation: the same at every scale but smoke, which does c = 6 only.
-PRESETS = {"smoke": {"features": "6"}, "cpu": {"features": "4,5,6,7,8"}, "paper": {"features": "4,5,6,7,8"}}
+PRESETS = {
+    "smoke": {"num_features": "6"},
+    "cpu": {"num_features": "4,5,6,7,8"},
+    "paper": {"num_features": "4,5,6,7,8"},
+}
 
 
 def add_arguments(parser):
-    parser.add_argument("--features", default=None, help="comma-separated numbers of features c (preset: 4,5,6,7,8)")
+    parser.add_argument(
+        "--num-features", default=None, help="comma-separated numbers of features c (preset: 4,5,6,7,8)"
+    )
 
 
 def check(args):
-    features = [int(c) for c in str(args.features).split(",")]
+    features = [int(c) for c in str(args.num_features).split(",")]
     if min(features) < 3:
-        raise ValueError(f"--features must all be at least 3, got {args.features}")
+        raise ValueError(f"--num-features must all be at least 3, got {args.num_features}")
 
 
 def main(args) -> dict:
-    features = [int(c) for c in str(args.features).split(",")]
+    features = [int(c) for c in str(args.num_features).split(",")]
     store = ResultStore(args.out)
-    store.write_config({"features": features})
+    store.write_config({"num_features": features})
     catalogues = {}
     for c in features:
         points = critical_points(c)

@@ -54,8 +54,8 @@ PRESETS = {"smoke": {"frames": 5}, "cpu": {"frames": 90}, "paper": {"frames": 90
 
 def add_arguments(parser):
     parser.add_argument("--from", dest="source", default=None, help="an experiments.sgd_plateaus output folder to read")
-    parser.add_argument("--runs", type=int, default=None, help="number of SGD runs to choose from")
-    parser.add_argument("--steps", type=int, default=None, help="SGD steps per run")
+    parser.add_argument("--num-runs", type=int, default=None, help="number of SGD runs to choose from")
+    parser.add_argument("--num-steps", type=int, default=None, help="SGD steps per run")
     parser.add_argument("--run", type=int, default=None, help="animate this run instead of choosing one")
     parser.add_argument("--frames", type=int, default=None, help="at most this many frames")
     parser.add_argument("--fps", type=int, default=8)
@@ -201,7 +201,7 @@ def _load_or_train(args):
             return data["steps"], data["W"], data["b"], data["population_loss"], table[data["phase_ids"]], None
     ensemble_args = common.configure(
         sgd_plateaus, args.out, preset=args.preset, seed=args.seed, no_progress=True,
-        runs=args.runs, steps=args.steps,
+        num_runs=args.num_runs, num_steps=args.num_steps,
     )
     trajectory, ids, table = sgd_plateaus.run_ensemble(ensemble_args)
     W, b = trajectory.params

@@ -82,9 +82,9 @@ SIGNIFICANCE = 2.0
 def add_arguments(parser):
     parser.add_argument("--from", dest="source", default=None,
                         help="an experiments.sgd_plateaus output folder: reuse its trajectory.npz instead of training")
-    parser.add_argument("--runs", type=int, help="SGD runs when training here (default: sgd_plateaus' preset)")
-    parser.add_argument("--steps", type=int, help="SGD steps per run when training here")
-    parser.add_argument("--checkpoints", type=int, help="log-spaced checkpoints when training here")
+    parser.add_argument("--num-runs", type=int, help="SGD runs when training here (default: sgd_plateaus' preset)")
+    parser.add_argument("--num-steps", type=int, help="SGD steps per run when training here")
+    parser.add_argument("--num-checkpoints", type=int, help="log-spaced checkpoints when training here")
     parser.add_argument("--all-runs", action="store_true", help="λ̂ on every run, not the transitions + controls rule")
     parser.add_argument("--min-step", type=int, help="first SGD step with a λ̂ (preset)")
     parser.add_argument("--checkpoint-stride", type=int, help="λ̂ at every k-th checkpoint (preset)")
@@ -117,7 +117,7 @@ def ensemble_args(args):
     """sgd_plateaus' arguments for the ensemble trained here (its preset, this seed and sizes)."""
     return common.configure(
         sgd_plateaus, args.out, preset=args.preset, seed=args.seed, no_progress=not args.progress,
-        runs=args.runs, steps=args.steps, checkpoints=args.checkpoints,
+        num_runs=args.num_runs, num_steps=args.num_steps, num_checkpoints=args.num_checkpoints,
     )
 
 
@@ -363,7 +363,7 @@ def plot_staircases(store, arrays, analysis, selected, checkpoints, llc_hat, std
                             "chains escaped (left out)"], loc="lower center", ncol=4, fontsize=8, frameon=False)
     figure.suptitle(
         f"Opposing staircases: the loss falls as $\\hat\\lambda$ rises (n = {settings['num_data']}, batch "
-        f"{settings['batch_size']}, lr {settings['lr']}; shaded: loss plateaus)", fontsize=11)
+        f"{settings['batch_size']}, lr {settings['learning_rate']}; shaded: loss plateaus)", fontsize=11)
     figure.tight_layout(rect=(0, 0.04, 1, 0.97))
     store.save_figure("opposing_staircases", figure)
 

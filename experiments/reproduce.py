@@ -69,7 +69,8 @@ def _run_one(name: str, inputs: dict, cpu_settings: dict, out: Path, args) -> di
 def main(args) -> dict:
     root = Path(args.out)
     store = ResultStore(root)
-    store.write_config(common.settings(args))
+    # --only picks what runs now, not what the folder holds: a later run may add the rest.
+    store.write_config({k: v for k, v in common.settings(args).items() if k != "only"})
     selected = EXPERIMENTS if args.only is None else [e for e in EXPERIMENTS if e[0] in args.only.split(",")]
     status = {}
     bar = tqdm(selected, desc="reproduce", unit="experiment", disable=not args.progress)

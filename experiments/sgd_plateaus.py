@@ -48,30 +48,30 @@ from tmsjax.tms.plotting import draw_energy_levels, phase_colors, pretty_label
 from tmsjax.tms.sgd import init_kgon_ensemble, train
 
 PRESETS = {
-    "smoke": {"runs": 6, "steps": 1_000, "checkpoints": 30},
-    "cpu": {"runs": 64, "steps": 225_000, "checkpoints": 200},
-    "paper": {"runs": 10_000, "steps": 225_000, "checkpoints": 200},
+    "smoke": {"num_runs": 6, "num_steps": 1_000, "num_checkpoints": 30},
+    "cpu": {"num_runs": 64, "num_steps": 225_000, "num_checkpoints": 200},
+    "paper": {"num_runs": 10_000, "num_steps": 225_000, "num_checkpoints": 200},
 }
 
 
 def add_arguments(parser):
-    parser.add_argument("--runs", type=int, default=None, help="number of SGD runs (preset)")
-    parser.add_argument("--steps", type=int, default=None, help="SGD steps per run (preset)")
-    parser.add_argument("--checkpoints", type=int, default=None, help="log-spaced checkpoints per run (preset)")
+    parser.add_argument("--num-runs", type=int, default=None, help="number of SGD runs (preset)")
+    parser.add_argument("--num-steps", type=int, default=None, help="SGD steps per run (preset)")
+    parser.add_argument("--num-checkpoints", type=int, default=None, help="log-spaced checkpoints per run (preset)")
     parser.add_argument("--num-data", type=int, default=1000, help="dataset size n")
-    parser.add_argument("--features", type=int, default=6, help="number of features c")
+    parser.add_argument("--num-features", type=int, default=6, help="number of features c")
     parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=0.005, help="learning rate of plain SGD")
+    parser.add_argument("--learning-rate", type=float, default=0.005, help="learning rate of plain SGD")
     parser.add_argument("--objective", choices=["empirical", "population"], default="empirical")
     parser.add_argument("--sampling", choices=["replacement", "epoch"], default="replacement")
 
 
 def check(args):
-    for name in ("runs", "steps", "checkpoints", "num_data", "batch_size"):
+    for name in ("num_runs", "num_steps", "num_checkpoints", "num_data", "batch_size"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.features < 4:
-        raise ValueError("--features must be at least 4 (the k-gon catalogue starts at 4-gons)")
+    if args.num_features < 4:
+        raise ValueError("--num-features must be at least 4 (the k-gon catalogue starts at 4-gons)")
 
 
 def _keys(seed: int):
@@ -82,19 +82,19 @@ def _keys(seed: int):
 def ensemble_dataset(settings: dict) -> Dataset:
     """The dataset the ensemble with these settings trains on (``args`` as a dict, or its config.json)."""
     key_data, _, _ = _keys(settings["seed"])
-    return make_dataset(sample_sparse_limit(key_data, settings["num_data"], settings["features"]))
+    return make_dataset(sample_sparse_limit(key_data, settings["num_data"], settings["num_features"]))
 
 
 def run_ensemble(args, store=None):
     """Trains the ensemble described by `args`; returns (Trajectory, phase ids (runs, T), labels)."""
     _, key_init, key_runs = _keys(args.seed)
     dataset = ensemble_dataset(vars(args))
-    params = init_kgon_ensemble(key_init, args.runs, args.features)
+    params = init_kgon_ensemble(key_init, args.num_runs, args.num_features)
     mesh = grid_mesh() if jax.device_count() > 1 else None
     trajectory = train(
-        jax.random.split(key_runs, args.runs), params, dataset, num_steps=args.steps, learning_rate=args.lr,
+        jax.random.split(key_runs, args.num_runs), params, dataset, num_steps=args.num_steps, learning_rate=args.learning_rate,
         batch_size=args.batch_size, objective=args.objective, sampling=args.sampling,
-        num_checkpoints=args.checkpoints, store=store, name="chunks", progress=args.progress, mesh=mesh,
+        num_checkpoints=args.num_checkpoints, store=store, name="chunks", progress=args.progress, mesh=mesh,
     )
     W, b = trajectory.params
     runs, num_checkpoints = trajectory.train_loss.shape
@@ -209,8 +209,8 @@ def main(args):
         phase_table=np.asarray(table),
     )
     labels = np.asarray(table, dtype=object)[ids]
-    analysis = analyse_runs(trajectory.steps, trajectory.population_loss, num_features=args.features, phase_labels=labels)
-    points = critical_points(args.features)
+    analysis = analyse_runs(trajectory.steps, trajectory.population_loss, num_features=args.num_features, phase_labels=labels)
+    points = critical_points(args.num_features)
     summary = analysis.summary()
     summary["transitions_per_run"] = np.bincount(analysis.num_transitions(True)).tolist()
     summary["classifier_final_phase_counts"] = dict(zip(*np.unique(labels[:, -1], return_counts=True)))
@@ -224,12 +224,12 @@ def main(args):
         for run in analysis.runs[:200]
     ]
     store.write_summary(summary)
-    what = f"c = {args.features}, n = {args.num_data}, batch {args.batch_size}, lr {args.lr}" if args.objective == "empirical" else f"c = {args.features}, exact potential, lr {args.lr}"
-    title = f"SGD from near a 4-gon: {args.runs} runs ({what})"
+    what = f"c = {args.num_features}, n = {args.num_data}, batch {args.batch_size}, lr {args.learning_rate}" if args.objective == "empirical" else f"c = {args.num_features}, exact potential, lr {args.learning_rate}"
+    title = f"SGD from near a 4-gon: {args.num_runs} runs ({what})"
     store.save_figure("loss_curves", loss_figure(trajectory.steps, trajectory.population_loss, analysis, points, title))
-    store.save_figure("transition_graph", transition_graph_figure(analysis, points, f"Dynamical transitions between energy levels ({args.runs} runs; edge: number of runs)"))
+    store.save_figure("transition_graph", transition_graph_figure(analysis, points, f"Dynamical transitions between energy levels ({args.num_runs} runs; edge: number of runs)"))
     print(
-        f"{args.runs} runs × {args.steps} steps in {elapsed:.1f} s; {summary['num_plateaus']} plateaus, "
+        f"{args.num_runs} runs × {args.num_steps} steps in {elapsed:.1f} s; {summary['num_plateaus']} plateaus, "
         f"{100 * summary['fraction_plateaus_on_level']:.1f}% within 1e-3 of a catalogue level; "
         f"paths {summary['path_counts']}; wrote {args.out}"
     )

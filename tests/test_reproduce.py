@@ -57,8 +57,8 @@ def test_every_experiment_accepts_the_reproduction_settings(tmp_path, preset):
 def test_configure_rejects_unknown_settings(tmp_path):
     from experiments import sgd_plateaus
 
-    with pytest.raises(ValueError, match="no argument 'learning_rate'"):
-        common.configure(sgd_plateaus, tmp_path, learning_rate=0.1)
+    with pytest.raises(ValueError, match="no argument 'lr'"):
+        common.configure(sgd_plateaus, tmp_path, lr=0.1)
     with pytest.raises(ValueError, match="preset"):
         common.configure(sgd_plateaus, tmp_path, preset="huge")
 
