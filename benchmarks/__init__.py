@@ -1,1 +1,2 @@
-"""tmsjax benchmarks: each module answers one speed question against a baseline measured in the same run."""
+"""tmsjax benchmarks: each module answers one speed question against a baseline measured in the
+same run."""

@@ -1,8 +1,9 @@
 """Shared timing and reporting for the benchmark modules.
 
 Each benchmark module exposes ``run(quick: bool = False) -> list[dict]`` whose rows carry at least
-``workload``, ``tmsjax_s``, ``baseline``, ``baseline_s`` and ``ratio`` (baseline time / tmsjax time,
-so > 1 means tmsjax is faster); ``python -m benchmarks.NAME`` prints them as a table and writes JSON.
+``workload``, ``tmsjax_s``, ``baseline``, ``baseline_s`` and ``ratio`` (baseline time / tmsjax
+time, so > 1 means tmsjax is faster); ``python -m benchmarks.NAME`` prints them as a table and
+writes JSON.
 """
 
 import json
@@ -29,7 +30,9 @@ def device_name() -> str:
 
 
 def block(tree):
-    return jax.tree.map(lambda x: x.block_until_ready() if hasattr(x, "block_until_ready") else x, tree)
+    return jax.tree.map(
+        lambda x: x.block_until_ready() if hasattr(x, "block_until_ready") else x, tree
+    )
 
 
 def time_jax(fn: Callable, *args, repeat: int = 3, number: int = 1) -> tuple[float, float]:
@@ -47,10 +50,12 @@ def time_python(fn: Callable, *args, repeat: int = 3, number: int = 1) -> float:
 
 def print_table(rows: list[dict], columns: list[str] | None = None) -> None:
     columns = columns or ["workload", "tmsjax_s", "baseline", "baseline_s", "ratio", "device"]
+
     def fmt(value):
         if isinstance(value, float):
             return f"{value:.4g}"
         return str(value)
+
     cells = [[fmt(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
@@ -67,7 +72,13 @@ def report(name: str, rows: list[dict]) -> Path:
     print_table(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{device}.json"
-    payload = {"benchmark": name, "device": device, "jax": jax.__version__, "argv": sys.argv[1:], "rows": rows}
+    payload = {
+        "benchmark": name,
+        "device": device,
+        "jax": jax.__version__,
+        "argv": sys.argv[1:],
+        "rows": rows,
+    }
     path.write_text(json.dumps(payload, indent=2, default=float))
     print(f"wrote {path}")
     return path

@@ -58,15 +58,17 @@ def run(quick: bool = False) -> list[dict]:
     first, steady = time_jax(classify_batch, W, b, repeat=5)
     num_base = 2_000
     base = time_python(scipy_hull_labels, W[:num_base], b[:num_base], repeat=1) / num_base * num
-    rows = [{
-        "workload": f"classify {num:,} samples (c=6), classify_batch(W, b) on NumPy float32",
-        "tmsjax_s": steady,
-        "compile_s": first - steady,
-        "samples_per_s": num / steady,
-        "baseline": "scipy ConvexHull loop (extrapolated from 2,000)",
-        "baseline_s": base,
-        "ratio": base / steady,
-    }]
+    rows = [
+        {
+            "workload": f"classify {num:,} samples (c=6), classify_batch(W, b) on NumPy float32",
+            "tmsjax_s": steady,
+            "compile_s": first - steady,
+            "samples_per_s": num / steady,
+            "baseline": "scipy ConvexHull loop (extrapolated from 2,000)",
+            "baseline_s": base,
+            "ratio": base / steady,
+        }
+    ]
 
     batch = 20_000 if quick else 100_000
     params = TMSParams(
@@ -81,15 +83,17 @@ def run(quick: bool = False) -> list[dict]:
     small = jax.tree.map(lambda v: v[:mc_batch], params)
     _, mc_steady = time_jax(monte_carlo, small, x)
     base = mc_steady / mc_batch * batch
-    rows.append({
-        "workload": f"potential+grad, {batch:,} points (c=6)",
-        "tmsjax_s": steady,
-        "compile_s": first - steady,
-        "evals_per_s": batch / steady,
-        "baseline": "Monte Carlo loss+grad, n=10^4 (extrapolated from 200)",
-        "baseline_s": base,
-        "ratio": base / steady,
-    })
+    rows.append(
+        {
+            "workload": f"potential+grad, {batch:,} points (c=6)",
+            "tmsjax_s": steady,
+            "compile_s": first - steady,
+            "evals_per_s": batch / steady,
+            "baseline": "Monte Carlo loss+grad, n=10^4 (extrapolated from 200)",
+            "baseline_s": base,
+            "ratio": base / steady,
+        }
+    )
     return rows
 
 

@@ -1,22 +1,25 @@
-"""How much faster is tmsjax's λ̂ than the incumbent, devinterp 1.3.2 (PyTorch), at identical settings?
+"""How much faster is tmsjax's λ̂ than the incumbent, devinterp 1.3.2 (PyTorch), at identical
+settings?
 
-Workloads (Chen et al.'s protocol: n = 1000 full batch, ε = 1e-3, γ = 1, nβ = n / log n, 4 chains × 500
-SGLD steps, no burn-in):
+Workloads (Chen et al.'s protocol: n = 1000 full batch, ε = 1e-3, γ = 1, nβ = n / log n, 4 chains
+× 500 SGLD steps, no burn-in):
 
 1. one λ̂ at the TMS 6-gon: both libraries timed in this run, both estimates reported;
 2. along training: 8 runs × 50 checkpoints = 400 estimates. tmsjax runs them as one compiled call;
-   devinterp is extrapolated as 400 × its per-estimate time from workload 1 (it estimates one model at a
-   time; running 400 would take minutes). Compile time is reported apart (``compile_s``).
+   devinterp is extrapolated as 400 × its per-estimate time from workload 1 (it estimates one
+   model at a time; running 400 would take minutes). Compile time is reported apart
+   (``compile_s``).
 
-devinterp is an optional extra (``pip install -e .[devinterp]``: devinterp==1.3.2, torch==2.13.0), never a
-core dependency; without it the baseline columns read "unavailable".
+devinterp is an optional extra (``pip install -e .[devinterp]``: devinterp==1.3.2,
+torch==2.13.0), never a core dependency; without it the baseline columns read "unavailable".
 
 Typical result (CPU, 2 cores shared with other jobs at load ~2, so noisy; `--quick`, jax 0.10.2):
-    workload                               tmsjax_s  baseline                        baseline_s  ratio
-    single 6-gon estimate (n=1000, 4x500)  0.0405    devinterp 1.3.2                 7.19        178
-    along training 8 runs x 50 ckpts       11.78     devinterp 1.3.2 (extrapolated)  2876        244
-    compile_s: 2.3 (single), 2.8 (along); λ̂ at the 6-gon: tmsjax 6.81 ± 0.22, devinterp 7.67 (same settings,
-    different random streams and a 500-step chain with no burn-in: both sit below the exact 8.5).
+  workload                               tmsjax_s  baseline                        baseline_s  ratio
+  single 6-gon estimate (n=1000, 4x500)  0.0405    devinterp 1.3.2                 7.19        178
+  along training 8 runs x 50 ckpts       11.78     devinterp 1.3.2 (extrapolated)  2876        244
+  compile_s: 2.3 (single), 2.8 (along); λ̂ at the 6-gon: tmsjax 6.81 ± 0.22, devinterp 7.67
+  (same settings, different random streams and a 500-step chain with no burn-in: both sit below
+  the exact 8.5).
 """
 
 import math
@@ -41,7 +44,8 @@ NUM_RUNS, NUM_CHECKPOINTS = 8, 50
 
 
 def devinterp_estimate(W: np.ndarray, b: np.ndarray, x: np.ndarray, seed: int = 0) -> dict:
-    """One λ̂ with devinterp's SGLD sampler at the same settings; returns the estimate and wall time."""
+    """One λ̂ with devinterp's SGLD sampler at the same settings; returns the estimate and wall
+    time."""
     import torch
     from devinterp.optim.sgld import SGLD
     from devinterp.slt.sampler import estimate_learning_coeff_with_summary
@@ -65,16 +69,32 @@ def devinterp_estimate(W: np.ndarray, b: np.ndarray, x: np.ndarray, seed: int = 
         return ((inputs - model(inputs)) ** 2).sum(-1).mean()
 
     tensor = torch.tensor(np.asarray(x), dtype=torch.float32)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tensor), batch_size=len(tensor), shuffle=False)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(tensor), batch_size=len(tensor), shuffle=False
+    )
     start = time.perf_counter()
     summary = estimate_learning_coeff_with_summary(
-        TorchTMS(), loader, evaluate=evaluate, sampling_method=SGLD,
-        optimizer_kwargs=dict(lr=STEP_SIZE, localization=LOCALIZATION, nbeta=NUM_DATA / math.log(NUM_DATA)),
-        num_chains=NUM_CHAINS, num_draws=NUM_STEPS, num_burnin_steps=0, num_steps_bw_draws=1,
-        device="cpu", verbose=False, seed=seed,
+        TorchTMS(),
+        loader,
+        evaluate=evaluate,
+        sampling_method=SGLD,
+        optimizer_kwargs=dict(
+            lr=STEP_SIZE, localization=LOCALIZATION, nbeta=NUM_DATA / math.log(NUM_DATA)
+        ),
+        num_chains=NUM_CHAINS,
+        num_draws=NUM_STEPS,
+        num_burnin_steps=0,
+        num_steps_bw_draws=1,
+        device="cpu",
+        verbose=False,
+        seed=seed,
     )
     elapsed = time.perf_counter() - start
-    return {"llc": float(summary["llc/mean"]), "llc_std": float(summary["llc/std"]), "seconds": elapsed}
+    return {
+        "llc": float(summary["llc/mean"]),
+        "llc_std": float(summary["llc/std"]),
+        "seconds": elapsed,
+    }
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -99,7 +119,10 @@ def run(quick: bool = False) -> list[dict]:
     keys = jax.random.split(jax.random.key(2), NUM_RUNS * NUM_CHECKPOINTS)
     ks = np.resize([4, 5, 6], NUM_RUNS * NUM_CHECKPOINTS)
     centres = [init_near_kgon(k_, int(k), 6, radius=1.0, noise=0.05) for k_, k in zip(keys, ks)]
-    params = jax.tree.map(lambda *leaves: jnp.stack(leaves).reshape(NUM_RUNS, NUM_CHECKPOINTS, *leaves[0].shape), *centres)
+    params = jax.tree.map(
+        lambda *leaves: jnp.stack(leaves).reshape(NUM_RUNS, NUM_CHECKPOINTS, *leaves[0].shape),
+        *centres,
+    )
 
     def along(key):
         return llc.llc_along_training(key, losses.row_loss, params, dataset, settings)
@@ -107,26 +130,45 @@ def run(quick: bool = False) -> list[dict]:
     along_first, along_steady = time_jax(along, jax.random.key(3), repeat=1 if quick else 3)
 
     try:
-        baselines = [devinterp_estimate(hexagon.W, hexagon.b, np.asarray(x), seed=s) for s in range(1 if quick else 3)]
+        baselines = [
+            devinterp_estimate(hexagon.W, hexagon.b, np.asarray(x), seed=s)
+            for s in range(1 if quick else 3)
+        ]
         baseline_s = min(b["seconds"] for b in baselines)
         baseline_llc = float(np.mean([b["llc"] for b in baselines]))
         baseline_name = "devinterp 1.3.2"
     except ImportError as error:
-        print(f"devinterp unavailable ({error}); install with pip install -e .[devinterp]", file=sys.stderr)
-        baseline_s, baseline_llc, baseline_name = float("nan"), float("nan"), "devinterp (unavailable)"
+        print(
+            f"devinterp unavailable ({error}); install with pip install -e .[devinterp]",
+            file=sys.stderr,
+        )
+        baseline_s, baseline_llc, baseline_name = (
+            float("nan"),
+            float("nan"),
+            "devinterp (unavailable)",
+        )
 
     num_estimates = NUM_RUNS * NUM_CHECKPOINTS
     return [
         {
             "workload": "single 6-gon estimate (n=1000, 4x500)",
-            "tmsjax_s": steady, "compile_s": first - steady, "baseline": baseline_name, "baseline_s": baseline_s,
-            "ratio": baseline_s / steady, "llc_tmsjax": float(ours.llc), "stderr_tmsjax": float(ours.stderr),
-            "llc_baseline": baseline_llc, "verdict_tmsjax": llc.verdict(ours),
+            "tmsjax_s": steady,
+            "compile_s": first - steady,
+            "baseline": baseline_name,
+            "baseline_s": baseline_s,
+            "ratio": baseline_s / steady,
+            "llc_tmsjax": float(ours.llc),
+            "stderr_tmsjax": float(ours.stderr),
+            "llc_baseline": baseline_llc,
+            "verdict_tmsjax": llc.verdict(ours),
         },
         {
             "workload": f"along training {NUM_RUNS} runs x {NUM_CHECKPOINTS} ckpts",
-            "tmsjax_s": along_steady, "compile_s": along_first - along_steady, "baseline": baseline_name + " (extrapolated)",
-            "baseline_s": num_estimates * baseline_s, "ratio": num_estimates * baseline_s / along_steady,
+            "tmsjax_s": along_steady,
+            "compile_s": along_first - along_steady,
+            "baseline": baseline_name + " (extrapolated)",
+            "baseline_s": num_estimates * baseline_s,
+            "ratio": num_estimates * baseline_s / along_steady,
         },
     ]
 
@@ -135,5 +177,9 @@ if __name__ == "__main__":
     rows = run(quick="--quick" in sys.argv)
     report(NAME, rows)
     for row in rows:
-        extras = {k: v for k, v in row.items() if k not in ("workload", "tmsjax_s", "baseline", "baseline_s", "ratio", "device")}
+        extras = {
+            k: v
+            for k, v in row.items()
+            if k not in ("workload", "tmsjax_s", "baseline", "baseline_s", "ratio", "device")
+        }
         print(row["workload"], extras)

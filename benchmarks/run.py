@@ -47,10 +47,18 @@ def main(argv=None) -> dict:
             errors[name] = f"{type(error).__name__}: {error}"
             traceback.print_exc()
     print()
-    print_table(rows, ["benchmark", "workload", "tmsjax_s", "baseline", "baseline_s", "ratio", "device"])
+    print_table(
+        rows, ["benchmark", "workload", "tmsjax_s", "baseline", "baseline_s", "ratio", "device"]
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{device}.json"
-    payload = {"device": device, "jax": jax.__version__, "quick": args.quick, "rows": rows, "errors": errors}
+    payload = {
+        "device": device,
+        "jax": jax.__version__,
+        "quick": args.quick,
+        "rows": rows,
+        "errors": errors,
+    }
     path.write_text(json.dumps(payload, indent=2, default=float))
     print(f"wrote {path}")
     return payload

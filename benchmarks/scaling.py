@@ -69,15 +69,27 @@ def run(quick: bool = False) -> list[dict]:
     for num_chains in [1, 10, 100, 1000] if quick else [1, 10, 100, 1000, 10_000]:
         row, cost = measure(num_chains, 100)
         base = cost if base is None else base
-        rows.append(row | {"baseline": "1 chain, same program (per chain-step, scaled)",
-                           "baseline_s": base * row["tmsjax_s"] / cost, "ratio": base / cost})
+        rows.append(
+            row
+            | {
+                "baseline": "1 chain, same program (per chain-step, scaled)",
+                "baseline_s": base * row["tmsjax_s"] / cost,
+                "ratio": base / cost,
+            }
+        )
     # Cost vs n at 16 chains; the baseline is the n = 100 cost per sample, scaled to this n.
     base = None
     for num_data in [100, 1000, 10_000] if quick else [100, 1000, 10_000, 100_000]:
         row, cost = measure(16, num_data)
         base = cost if base is None else base
-        rows.append(row | {"baseline": "n=100 cost per sample, scaled to this n",
-                           "baseline_s": base * row["tmsjax_s"] / cost, "ratio": base / cost})
+        rows.append(
+            row
+            | {
+                "baseline": "n=100 cost per sample, scaled to this n",
+                "baseline_s": base * row["tmsjax_s"] / cost,
+                "ratio": base / cost,
+            }
+        )
     return rows
 
 

@@ -55,6 +55,7 @@ def run(quick: bool = False) -> list[dict]:
         keys, params, dataset = _setup(num_runs)
         first = _timed(_train, keys, params, dataset, num_steps)
         ensemble = min(_timed(_train, keys, params, dataset, num_steps) for _ in range(2))
+
         # Baseline: the same runs one at a time (same keys and inits), one compiled single-run
         # program.
         def one(r):

@@ -1,53 +1,57 @@
-r"""Bayesian phase transitions in the TMS: NUTS phase occupancy across dataset sizes vs free-energy theory.
+r"""Bayesian phase transitions in the TMS: NUTS phase occupancy across dataset sizes vs free-energy
+theory.
 
-Question: as the number of samples n grows, does the posterior's dominant phase move from the 5-gon to
-the 6-gon where the free energy formula :math:`F_n \approx nL + \lambda\log n + c` predicts
+Question: as the number of samples n grows, does the posterior's dominant phase move from the 5-gon
+to the 6-gon where the free energy formula :math:`F_n \approx nL + \lambda\log n + c` predicts
 (n ≈ 601 at c = 6; 5⁺ → 6 near 202)?
 
 Method (Chen et al. 2023 §5):
 
 - target: :math:`p_n(w) \propto \mathcal N(w; 0, I)\,e^{-nL_n(w)}` with the unhalved loss
-  (:mod:`tmsjax.tms.posterior`), on nested datasets: the first n points of one draw of n_max points from
-  the high-sparsity-limit distribution, padded and masked so every n runs in one compiled program
-  (by default as their exact sufficient statistics, :func:`tmsjax.tms.data.sparse_limit_stats`: the same
-  likelihood at O(c² log n) per gradient; ``--likelihood rows`` evaluates it row by row);
-- sampler: blackjax NUTS with per-chain Stan window adaptation (:mod:`tmsjax.sampling.nuts`), vmapped
-  over the (n, chain) grid, run in blocks of n values that are written to disk as they finish (a
-  re-run resumes); ``--sampler chees`` runs ChEES-HMC instead (chains of one n share a trajectory
-  length); ``--sampler smc`` runs adaptive tempered SMC from the prior (:mod:`tmsjax.sampling.smc`,
-  ``--smc-replicates`` independent runs of ``--smc-particles`` per n), whose occupancies do not depend
-  on chains crossing between phases: the check that the NUTS occupancies are the posterior's;
+  (:mod:`tmsjax.tms.posterior`), on nested datasets: the first n points of one draw of n_max points
+  from the high-sparsity-limit distribution, padded and masked so every n runs in one compiled
+  program (by default as their exact sufficient statistics,
+  :func:`tmsjax.tms.data.sparse_limit_stats`: the same likelihood at O(c² log n) per gradient;
+  ``--likelihood rows`` evaluates it row by row);
+- sampler: blackjax NUTS with per-chain Stan window adaptation (:mod:`tmsjax.sampling.nuts`),
+  vmapped over the (n, chain) grid, run in blocks of n values that are written to disk as they
+  finish (a re-run resumes); ``--sampler chees`` runs ChEES-HMC instead (chains of one n share a
+  trajectory length); ``--sampler smc`` runs adaptive tempered SMC from the prior
+  (:mod:`tmsjax.sampling.smc`, ``--smc-replicates`` independent runs of ``--smc-particles`` per n),
+  whose occupancies do not depend on chains crossing between phases: the check that the NUTS
+  occupancies are the posterior's;
 - coarse-graining: every draw classified by :func:`tmsjax.tms.phases.classify_batch` with
   ``max_distance=inf`` (the paper's hull-vertex count plus bias signs: at n ≲ 1000 the posterior
   spread is comparable to the classifier's default distance cut, which would call most draws
   "unknown");
 - occupancy per phase and n with an error bar :math:`\sqrt{p(1-p)/\mathrm{ESS}}`, the multi-chain
-  (rank-normalised) ESS of the phase indicator (:func:`tmsjax.sampling.diagnostics.occupancy_with_error`):
-  chains that stay put or disagree shrink it; for SMC the replicates play the chains and the
-  resampled duplicates the autocorrelation;
+  (rank-normalised) ESS of the phase indicator
+  (:func:`tmsjax.sampling.diagnostics.occupancy_with_error`): chains that stay put or disagree
+  shrink it; for SMC the replicates play the chains and the resampled duplicates the
+  autocorrelation;
 - theory: softmax of :math:`-F_n` over the catalogue phases with known λ (6, 5⁺, 5 at c = 6;
   ``--llc-estimates`` adds 4-gons), crossings from :mod:`tmsjax.tms.theory`.
 
-Initialisation (our choice, with reasons). Chains started from the prior N(0, I) spend most of a short
-warmup wandering through high-loss configurations (3-gons, 4-gons with silenced outputs) before the
-likelihood pulls them into a polygon, and at n ≳ 1000 the barriers between polygons keep them where
-they land, so prior starts measure the basins of attraction of the warmup dynamics more than the
-posterior. We therefore start an equal number of chains near each phase of the theory set (a random
-rotation and feature permutation of the catalogue point plus N(0, 0.05²) noise) and use a warmup of a
-few hundred steps: at the n where the competition happens (300–1000) chains switch between 5- and
-6-gons freely during warmup (we record the number of switches per chain to check this), so a balanced
-start does not decide the answer, and it removes the bias of never finding the 6-gon. ``--init prior``
-is available to measure the difference.
+Initialisation (our choice, with reasons). Chains started from the prior N(0, I) spend most of a
+short warmup wandering through high-loss configurations (3-gons, 4-gons with silenced outputs)
+before the likelihood pulls them into a polygon, and at n ≳ 1000 the barriers between polygons keep
+them where they land, so prior starts measure the basins of attraction of the warmup dynamics more
+than the posterior. We therefore start an equal number of chains near each phase of the theory set
+(a random rotation and feature permutation of the catalogue point plus N(0, 0.05²) noise) and use a
+warmup of a few hundred steps: at the n where the competition happens (300–1000) chains switch
+between 5- and 6-gons freely during warmup (we record the number of switches per chain to check
+this), so a balanced start does not decide the answer, and it removes the bias of never finding the
+6-gon. ``--init prior`` is available to measure the difference.
 
 Tree depth. The posterior is invariant under the O(2) rotation of all columns, a ring of radius
 ‖W‖ ≈ 3 that NUTS trajectories keep travelling around (depth 6–7 unconstrained). Occupancies are
-rotation-invariant, so we cap the tree depth (``--max-doublings``, 5 = 31 leapfrog steps by default on
-CPU): still an exact MCMC kernel, a several-fold saving, at the cost of slower mixing along a
+rotation-invariant, so we cap the tree depth (``--max-doublings``, 5 = 31 leapfrog steps by default
+on CPU): still an exact MCMC kernel, a several-fold saving, at the cost of slower mixing along a
 direction nobody measures.
 
 Writes ``DIR/config.json``, ``DIR/n_XXXXX.npz`` per dataset size (phase ids, sampler info, a thinned
-subset of draws), ``DIR/summary.json`` (occupancies with errors, theoretical occupancies, empirical and
-theoretical crossings, sampler diagnostics), ``DIR/occupancy.png`` and ``DIR/tsne.png``.
+subset of draws), ``DIR/summary.json`` (occupancies with errors, theoretical occupancies, empirical
+and theoretical crossings, sampler diagnostics), ``DIR/occupancy.png`` and ``DIR/tsne.png``.
 
 References:
   Chen, Lau, Mendel, Wei, Murfet (2023), "Dynamical versus Bayesian phase transitions in a toy model
@@ -99,21 +103,43 @@ from tmsjax.tms.posterior import log_likelihood, log_prior, make_logdensity_fn
 PRESETS = {
     # CPU default: nine n around the predicted transitions, 4 chains per theory phase.
     "cpu": dict(
-        num_features=6, sizes="150,250,350,450,550,650,800,1000,1300", chains_per_phase=4,
-        num_warmup=400, num_samples=400, max_doublings=5, block_sizes=3, smc_particles=1000, smc_replicates=4,
+        num_features=6,
+        sizes="150,250,350,450,550,650,800,1000,1300",
+        chains_per_phase=4,
+        num_warmup=400,
+        num_samples=400,
+        max_doublings=5,
+        block_sizes=3,
+        smc_particles=1000,
+        smc_replicates=4,
         tsne_points=1500,
     ),
     # GPU: the paper's range, 100..2000 for c = 6 (c = 4, 5 get 100..600 in their own run).
     # num_features None: the paper's three systems c = 6, 5, 4, each in its own folder.
     "paper": dict(
-        num_features=None, sizes="100,150,200,250,300,400,500,600,700,800,900,1000,1200,1400,1700,2000",
-        chains_per_phase=32, num_warmup=1000, num_samples=2000, max_doublings=8, block_sizes=16,
-        smc_particles=4000, smc_replicates=8, tsne_points=1500,
+        num_features=None,
+        sizes="100,150,200,250,300,400,500,600,700,800,900,1000,1200,1400,1700,2000",
+        chains_per_phase=32,
+        num_warmup=1000,
+        num_samples=2000,
+        max_doublings=8,
+        block_sizes=16,
+        smc_particles=4000,
+        smc_replicates=8,
+        tsne_points=1500,
     ),
     # Seconds: two n, one chain per phase, a few steps; only checks that every stage runs.
     "smoke": dict(
-        num_features=6, sizes="200,600", chains_per_phase=1, num_warmup=10, num_samples=10,
-        max_doublings=2, block_sizes=2, tsne_points=40, smc_particles=64, smc_replicates=2,
+        num_features=6,
+        sizes="200,600",
+        chains_per_phase=1,
+        num_warmup=10,
+        num_samples=10,
+        max_doublings=2,
+        block_sizes=2,
+        tsne_points=40,
+        smc_particles=64,
+        smc_replicates=2,
     ),
 }
 PAPER_SMALL_C_SIZES = "100,150,200,250,300,400,500,600"
@@ -126,23 +152,34 @@ def add_arguments(parser):
     parser.add_argument("--num-warmup", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=None)
     parser.add_argument("--max-doublings", type=int, default=None, help="NUTS tree depth cap")
-    parser.add_argument("--block-sizes", type=int, default=None, help="dataset sizes per compiled call")
+    parser.add_argument(
+        "--block-sizes", type=int, default=None, help="dataset sizes per compiled call"
+    )
     parser.add_argument("--sampler", choices=["nuts", "chees", "smc"], default="nuts")
     parser.add_argument(
-        "--likelihood", choices=["stats", "rows"], default="stats",
+        "--likelihood",
+        choices=["stats", "rows"],
+        default="stats",
         help="log likelihood from the data's sufficient statistics (exact, fast) or row by row",
     )
     parser.add_argument("--smc-particles", type=int, default=None, help="particles per SMC run")
-    parser.add_argument("--smc-replicates", type=int, default=None, help="independent SMC runs per n")
+    parser.add_argument(
+        "--smc-replicates", type=int, default=None, help="independent SMC runs per n"
+    )
     parser.add_argument("--init", choices=["phases", "prior"], default="phases")
     parser.add_argument("--prior-std", type=float, default=1.0)
     parser.add_argument("--temperature", type=float, default=1.0, help="likelihood scale T")
-    parser.add_argument("--llc-estimates", default=None, help='JSON dict of λ for 4-gons, e.g. \'{"4": 5.0}\'')
-    parser.add_argument("--tsne-points", type=int, default=None, help="0 skips the t-SNE (default 1500)")
     parser.add_argument(
-        "--dataset-seeds", default=None,
-        help="comma-separated seeds, e.g. 0,1,2: one run per dataset draw in DIR/seed_S, and the crossing "
-        "reported as mean ± spread over datasets in DIR/summary.json (overrides --seed)",
+        "--llc-estimates", default=None, help="JSON dict of λ for 4-gons, e.g. '{\"4\": 5.0}'"
+    )
+    parser.add_argument(
+        "--tsne-points", type=int, default=None, help="0 skips the t-SNE (default 1500)"
+    )
+    parser.add_argument(
+        "--dataset-seeds",
+        default=None,
+        help="comma-separated seeds, e.g. 0,1,2: one run per dataset draw in DIR/seed_S, and the "
+        "crossing reported as mean ± spread over datasets in DIR/summary.json (overrides --seed)",
     )
 
 
@@ -150,20 +187,43 @@ def check(args):
     sizes = sorted({int(s) for s in str(args.sizes).split(",")})
     if not sizes or min(sizes) <= 0:
         raise ValueError(f"--sizes must be positive integers, got {args.sizes!r}")
-    counts = ("chains_per_phase", "num_warmup", "num_samples", "max_doublings", "block_sizes", "smc_particles",
-              "smc_replicates")
+    counts = (
+        "chains_per_phase",
+        "num_warmup",
+        "num_samples",
+        "max_doublings",
+        "block_sizes",
+        "smc_particles",
+        "smc_replicates",
+    )
     for name in counts:
         value = getattr(args, name)
         if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be a positive integer, got {value!r}"
+            )
     if not isinstance(args.tsne_points, int) or args.tsne_points < 0:
         raise ValueError(f"--tsne-points must be a non-negative integer, got {args.tsne_points!r}")
 
 
 def settings_from_args(args) -> dict:
     """The settings of one sweep (one c, one dataset seed), for the sampler and config.json."""
-    names = ("num_features", "chains_per_phase", "num_warmup", "num_samples", "max_doublings", "block_sizes",
-             "smc_particles", "smc_replicates", "sampler", "likelihood", "init", "prior_std", "temperature", "seed")
+    names = (
+        "num_features",
+        "chains_per_phase",
+        "num_warmup",
+        "num_samples",
+        "max_doublings",
+        "block_sizes",
+        "smc_particles",
+        "smc_replicates",
+        "sampler",
+        "likelihood",
+        "init",
+        "prior_std",
+        "temperature",
+        "seed",
+    )
     settings = {name: getattr(args, name) for name in names}
     settings["sizes"] = sorted({int(s) for s in str(args.sizes).split(",")})
     settings["llc_estimates"] = json.loads(args.llc_estimates) if args.llc_estimates else {}
@@ -182,7 +242,8 @@ def sweep_keys(seed: int) -> SweepKeys:
 
 
 def dataset_rows(seed: int, n_max: int, num_features: int):
-    """The sweep's dataset draw for `seed`: n_max rows; every n uses the first n (nested datasets)."""
+    """The sweep's dataset draw for `seed`: n_max rows; every n uses the first n (nested
+    datasets)."""
     return sample_sparse_limit(sweep_keys(seed).data, n_max, num_features)
 
 
@@ -198,14 +259,25 @@ def initial_positions(key, labels, num_features, init: str, num_chains: int) -> 
     W = jnp.asarray(np.stack([p.W for p in chosen]), jnp.float32)
     b = jnp.asarray(np.stack([p.b for p in chosen]), jnp.float32)
     theta = jax.random.uniform(key_rot, (num_chains,), maxval=2 * jnp.pi)
-    rotation = jnp.stack([jnp.stack([jnp.cos(theta), -jnp.sin(theta)], -1), jnp.stack([jnp.sin(theta), jnp.cos(theta)], -1)], -2)
+    rotation = jnp.stack(
+        [
+            jnp.stack([jnp.cos(theta), -jnp.sin(theta)], -1),
+            jnp.stack([jnp.sin(theta), jnp.cos(theta)], -1),
+        ],
+        -2,
+    )
     W = rotation @ W
-    perms = jax.vmap(lambda k: jax.random.permutation(k, num_features))(jax.random.split(key_perm, num_chains))
+    perms = jax.vmap(lambda k: jax.random.permutation(k, num_features))(
+        jax.random.split(key_perm, num_chains)
+    )
     W = jnp.take_along_axis(W, perms[:, None, :], axis=-1)
     b = jnp.take_along_axis(b, perms, axis=-1)
-    # N(0, 0.05²): off the critical set so adaptation sees the local curvature, far inside the basin.
+    # N(0, 0.05²): off the critical set so adaptation sees the local curvature, far inside the
+    # basin.
     key_w, key_b = jax.random.split(key_noise)
-    return TMSParams(W + 0.05 * jax.random.normal(key_w, W.shape), b + 0.05 * jax.random.normal(key_b, b.shape))
+    return TMSParams(
+        W + 0.05 * jax.random.normal(key_w, W.shape), b + 0.05 * jax.random.normal(key_b, b.shape)
+    )
 
 
 def phase_switches(ids: np.ndarray) -> np.ndarray:
@@ -235,8 +307,12 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
     rows = settings["likelihood"] == "rows"
     if settings["sampler"] == "nuts":
         # Nested datasets share their rows: x goes in once, only the masks are per lane.
-        sweep = make_nuts_sweep(logdensity_fn, max_num_doublings=settings["max_doublings"],
-                                data_axes=Dataset(x=None, mask=0) if rows else 0, **draws)
+        sweep = make_nuts_sweep(
+            logdensity_fn,
+            max_num_doublings=settings["max_doublings"],
+            data_axes=Dataset(x=None, mask=0) if rows else 0,
+            **draws,
+        )
     else:
         sweep = make_chees_sweep(logdensity_fn, num_chains=num_chains, **draws)
     block = settings["block_sizes"]
@@ -249,8 +325,12 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
         # Keys and starts depend on n only, not on the blocking, so a resumed run is the same run.
         # Starting points and chain keys come from separate keys (never the same key split twice).
         keys_n = [jax.random.split(jax.random.fold_in(key_run, n)) for n in padded]
-        inits = [initial_positions(k[0], init_labels, c, settings["init"], num_chains) for k in keys_n]
-        chain_keys = jnp.stack([jax.random.split(k[1], num_chains) for k in keys_n])  # (block, chains)
+        inits = [
+            initial_positions(k[0], init_labels, c, settings["init"], num_chains) for k in keys_n
+        ]
+        chain_keys = jnp.stack(
+            [jax.random.split(k[1], num_chains) for k in keys_n]
+        )  # (block, chains)
         start = time.perf_counter()
         if settings["sampler"] == "nuts":
             if rows:
@@ -265,7 +345,9 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
         result = jax.device_get(result)
         seconds = time.perf_counter() - start
         for index, n in enumerate(sizes_block):
-            part = jax.tree.map(lambda a: np.asarray(a).reshape(block, num_chains, *np.shape(a)[1:])[index], result)
+            part = jax.tree.map(
+                lambda a: np.asarray(a).reshape(block, num_chains, *np.shape(a)[1:])[index], result
+            )
             save_size(store, n, part, c, seconds / len(sizes_block), init_labels)
             bar.update(1)
     bar.close()
@@ -273,7 +355,8 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
 
 def block_data(x, sizes, likelihood: str):
     """The targets of one block of dataset sizes: nested padded rows, or their sufficient statistics
-    (exactly the same log likelihood, O(c² log n) per evaluation; every block padded to one shape)."""
+    (exactly the same log likelihood, O(c² log n) per evaluation; every block padded to one
+    shape)."""
     if likelihood == "rows":
         return nested_datasets(x, sizes)
     num_slots = int(np.bincount(np.asarray(x).argmax(axis=1), minlength=x.shape[1]).max())
@@ -284,13 +367,14 @@ def run_smc_sweep(settings: dict, store: ResultStore, todo: list, progress: bool
     """Tempered SMC from the prior: `smc_replicates` independent runs of `smc_particles` per n, all
     (n, replicate) runs of a block in one compiled program (tmsjax.sampling.smc)."""
 
-
     c = settings["num_features"]
     replicates, num_particles = settings["smc_replicates"], settings["smc_particles"]
     key_run = sweep_keys(settings["seed"]).chains
     x = dataset_rows(settings["seed"], max(settings["sizes"]), c)
     prior_std, temperature = settings["prior_std"], settings["temperature"]
-    sweep = make_smc_sweep(lambda w: log_prior(w, prior_std), lambda w, d: log_likelihood(w, d, temperature))
+    sweep = make_smc_sweep(
+        lambda w: log_prior(w, prior_std), lambda w, d: log_likelihood(w, d, temperature)
+    )
     block = settings["block_sizes"]
     bar = tqdm(total=len(todo), desc=f"smc sweep c={c}", disable=not progress)
     for start in range(0, len(todo), block):
@@ -303,25 +387,35 @@ def run_smc_sweep(settings: dict, store: ResultStore, todo: list, progress: bool
             key_chain, key_init = jax.random.split(jax.random.fold_in(key_run, n))
             keys.append(jax.random.split(key_chain, replicates))
             k_w, k_b = jax.random.split(key_init)
-            particles.append(TMSParams(
-                prior_std * jax.random.normal(k_w, (replicates, num_particles, 2, c)),
-                prior_std * jax.random.normal(k_b, (replicates, num_particles, c)),
-            ))
+            particles.append(
+                TMSParams(
+                    prior_std * jax.random.normal(k_w, (replicates, num_particles, 2, c)),
+                    prior_std * jax.random.normal(k_b, (replicates, num_particles, c)),
+                )
+            )
         particles = jax.tree.map(lambda *xs: jnp.concatenate(xs), *particles)
         begin = time.perf_counter()
         result = jax.device_get(sweep(jnp.concatenate(keys), particles, grid_data))
         seconds = (time.perf_counter() - begin) / len(sizes_block)
         for index, n in enumerate(sizes_block):
-            part = jax.tree.map(lambda a: np.asarray(a).reshape(block, replicates, *np.shape(a)[1:])[index], result)
+            part = jax.tree.map(
+                lambda a: np.asarray(a).reshape(block, replicates, *np.shape(a)[1:])[index], result
+            )
             W, b = np.asarray(part.particles.W), np.asarray(part.particles.b)
-            ids = np.asarray(classify_batch(W.reshape(-1, 2, c), b.reshape(-1, c), max_distance=math.inf).ids)
+            ids = np.asarray(
+                classify_batch(W.reshape(-1, 2, c), b.reshape(-1, c), max_distance=math.inf).ids
+            )
             thin = max(1, num_particles // 50)
             store.save_arrays(
                 f"n_{n:05d}",
                 ids=ids.reshape(replicates, num_particles),  # replicates play the role of chains
-                W=W[:, ::thin], b=b[:, ::thin],
-                log_evidence=part.log_evidence, num_steps=part.num_steps,
-                acceptance_rate=part.acceptance_rate, step_size=part.step_size, tempering=part.tempering,
+                W=W[:, ::thin],
+                b=b[:, ::thin],
+                log_evidence=part.log_evidence,
+                num_steps=part.num_steps,
+                acceptance_rate=part.acceptance_rate,
+                step_size=part.step_size,
+                tempering=part.tempering,
                 seconds=np.asarray(seconds),
             )
             bar.update(1)
@@ -334,7 +428,11 @@ def save_size(store: ResultStore, n: int, part, c: int, seconds: float, init_lab
     classes = classify_batch(W.reshape(-1, 2, c), b.reshape(-1, c), max_distance=math.inf)
     ids = np.asarray(classes.ids).reshape(num_chains, num_draws)
     init_ids = np.asarray(
-        classify_batch(np.asarray(part.initial_positions.W), np.asarray(part.initial_positions.b), max_distance=math.inf).ids
+        classify_batch(
+            np.asarray(part.initial_positions.W),
+            np.asarray(part.initial_positions.b),
+            max_distance=math.inf,
+        ).ids
     )
     thin = max(1, num_draws // 50)  # 50 draws per chain kept for the t-SNE
     store.save_arrays(
@@ -353,7 +451,9 @@ def save_size(store: ResultStore, n: int, part, c: int, seconds: float, init_lab
         seconds=np.asarray(seconds),
         positions_ess=diagnostics.effective_sample_size(
             np.concatenate([W.reshape(num_chains, num_draws, -1), b], axis=-1)
-        ) if num_draws >= 4 else np.zeros(3 * c),
+        )
+        if num_draws >= 4
+        else np.zeros(3 * c),
     )
 
 
@@ -378,42 +478,62 @@ def analyse(settings: dict, store: ResultStore) -> dict:
             errors[label].append(se)
         counts = {lab: int(np.sum(labels == lab)) for lab in table if np.any(labels == lab)}
         if settings["sampler"] == "smc":
-            per_n.append({
-                "n": n,
-                "counts": counts,
-                "log_evidence_per_replicate": data["log_evidence"].tolist(),
-                "tempering_steps_mean": float(data["num_steps"].mean()),
-                "mean_acceptance": float(np.nanmean(data["acceptance_rate"])),
-                "seconds": float(data["seconds"]),
-            })
+            per_n.append(
+                {
+                    "n": n,
+                    "counts": counts,
+                    "log_evidence_per_replicate": data["log_evidence"].tolist(),
+                    "tempering_steps_mean": float(data["num_steps"].mean()),
+                    "mean_acceptance": float(np.nanmean(data["acceptance_rate"])),
+                    "seconds": float(data["seconds"]),
+                }
+            )
             continue
         switches = phase_switches(ids)
-        per_n.append({
-            "n": n,
-            "counts": counts,
-            "phase_switches_per_chain_mean": float(switches.mean()),
-            "chains_that_switched": int(np.sum(switches > 0)),
-            "final_phase_by_init": {
-                table[i]: dict(zip(*np.unique(labels[data["init_ids"] == i, -1], return_counts=True)))
-                for i in np.unique(data["init_ids"])
-            },
-            "num_divergent": int(data["is_divergent"].sum()),
-            "warmup_divergences": int(data["warmup_divergences"].sum()),
-            "mean_tree_depth": float(data["tree_depth"].mean()),
-            "max_tree_depth": int(data["tree_depth"].max()),
-            "mean_acceptance": float(data["acceptance_rate"].mean()),
-            "mean_step_size": float(data["step_size"].mean()),
-            "lockstep_efficiency": lockstep_efficiency(data["num_integration_steps"]),
-            "min_position_ess": float(np.nanmin(data["positions_ess"])),
-            "seconds": float(data["seconds"]),
-        })
+        per_n.append(
+            {
+                "n": n,
+                "counts": counts,
+                "phase_switches_per_chain_mean": float(switches.mean()),
+                "chains_that_switched": int(np.sum(switches > 0)),
+                "final_phase_by_init": {
+                    table[i]: dict(
+                        zip(*np.unique(labels[data["init_ids"] == i, -1], return_counts=True))
+                    )
+                    for i in np.unique(data["init_ids"])
+                },
+                "num_divergent": int(data["is_divergent"].sum()),
+                "warmup_divergences": int(data["warmup_divergences"].sum()),
+                "mean_tree_depth": float(data["tree_depth"].mean()),
+                "max_tree_depth": int(data["tree_depth"].max()),
+                "mean_acceptance": float(data["acceptance_rate"].mean()),
+                "mean_step_size": float(data["step_size"].mean()),
+                "lockstep_efficiency": lockstep_efficiency(data["num_integration_steps"]),
+                "min_position_ess": float(np.nanmin(data["positions_ess"])),
+                "seconds": float(data["seconds"]),
+            }
+        )
     n_grid = np.geomspace(min(sizes) * 0.8, max(sizes) * 1.25, 200)
-    theory_occupancy = theory.theoretical_occupancy(
-        n_grid, theory_phases, temperature=settings["temperature"], prior_std=settings["prior_std"]
-    ) if theory_phases else np.zeros((len(n_grid), 0))
-    theory_at_sizes = theory.theoretical_occupancy(
-        sizes, theory_phases, temperature=settings["temperature"], prior_std=settings["prior_std"]
-    ) if theory_phases else np.zeros((len(sizes), 0))
+    theory_occupancy = (
+        theory.theoretical_occupancy(
+            n_grid,
+            theory_phases,
+            temperature=settings["temperature"],
+            prior_std=settings["prior_std"],
+        )
+        if theory_phases
+        else np.zeros((len(n_grid), 0))
+    )
+    theory_at_sizes = (
+        theory.theoretical_occupancy(
+            sizes,
+            theory_phases,
+            temperature=settings["temperature"],
+            prior_std=settings["prior_std"],
+        )
+        if theory_phases
+        else np.zeros((len(sizes), 0))
+    )
     theoretical_crossings = theory.all_crossings(
         theory_phases, temperature=settings["temperature"], prior_std=settings["prior_std"]
     )
@@ -440,38 +560,49 @@ def analyse(settings: dict, store: ResultStore) -> dict:
         "diagnostics": {
             "per_n": per_n,
             "total_seconds": sum(r["seconds"] for r in per_n),
-            **({} if settings["sampler"] == "smc" else {
-                "total_divergent": sum(r["num_divergent"] for r in per_n),
-                "mean_lockstep_efficiency": float(np.mean([r["lockstep_efficiency"] for r in per_n])),
-            }),
+            **(
+                {}
+                if settings["sampler"] == "smc"
+                else {
+                    "total_divergent": sum(r["num_divergent"] for r in per_n),
+                    "mean_lockstep_efficiency": float(
+                        np.mean([r["lockstep_efficiency"] for r in per_n])
+                    ),
+                }
+            ),
         },
     }
     store.write_summary(summary)
-    store.save_figure("occupancy.png", occupancy_figure(sizes, occupancy, errors, n_grid, theory_occupancy, tlabels, summary, c))
+    store.save_figure(
+        "occupancy.png",
+        occupancy_figure(sizes, occupancy, errors, n_grid, theory_occupancy, tlabels, summary, c),
+    )
     if settings["tsne_points"] > 0:
         store.save_figure("tsne.png", tsne_figure(store, sizes, table, c, settings))
     return summary
 
 
 CROSSING_NOTE = (
-    "The theoretical crossings come from the leading-order free energy F_n = nL + lambda log n + c, "
-    "c = |w*|^2/2 (docs/paper_numbers.md §5): 5->6 at n = 601 (445 without the constant c). The posterior "
-    "itself crosses earlier on most dataset draws, and that is not a sampler artefact: tempered SMC from "
-    "the prior (--sampler smc), which never needs a chain to cross between phases, gives the same "
-    "occupancies as NUTS. The formula drops O(1) terms that are as large as the margin it decides: the "
-    "prior volume of the 5-gon's dead column (its three parameters range over a region of prior mass "
-    "~0.05, where the formula counts a point), the Hessian determinants of the curved directions, the "
-    "rotation orbits and the 120 vs 144 labelled copies of the 6- and 5-gon; a Laplace approximation "
-    "with all of them moves the 6-vs-5 log-odds by +5.5 to +6.5 nats at n = 300-700 (dataset seed 0, "
-    "python -m experiments.laplace_crossing; it overshoots the sampled posterior by 1-2.5 nats, which "
-    "puts the truth in between), and near n = 600 one nat moves n_c by ~55. The "
-    "dataset matters too: at finite n the 5-gon picks the dead feature whose samples cost least, and "
-    "the crossing moves by ~100 between dataset draws (use --dataset-seeds)."
+    "The theoretical crossings come from the leading-order free energy F_n = nL + lambda log n + "
+    "c, c = |w*|^2/2 (docs/paper_numbers.md §5): 5->6 at n = 601 (445 without the constant c). The "
+    "posterior itself crosses earlier on most dataset draws, and that is not a sampler artefact: "
+    "tempered SMC from the prior (--sampler smc), which never needs a chain to cross between "
+    "phases, gives the same occupancies as NUTS. The formula drops O(1) terms that are as large as "
+    "the margin it decides: the prior volume of the 5-gon's dead column (its three parameters "
+    "range over a region of prior mass ~0.05, where the formula counts a point), the Hessian "
+    "determinants of the curved directions, the rotation orbits and the 120 vs 144 labelled copies "
+    "of the 6- and 5-gon; a Laplace approximation with all of them moves the 6-vs-5 log-odds by "
+    "+5.5 to +6.5 nats at n = 300-700 (dataset seed 0, python -m experiments.laplace_crossing; it "
+    "overshoots the sampled posterior by 1-2.5 nats, which puts the truth in between), and near n "
+    "= 600 one nat moves n_c by ~55. The dataset matters too: at finite n the 5-gon picks the dead "
+    "feature whose samples cost least, and the crossing moves by ~100 between dataset draws (use "
+    "--dataset-seeds)."
 )
 
 
 def leading_order_theory(c: int, settings: dict) -> dict:
-    """The leading-order free-energy numbers behind the theoretical crossings, for readers of summary.json."""
+    """The leading-order free-energy numbers behind the theoretical crossings, for readers of
+    summary.json."""
     phases = theory.catalogue_phases(c, settings["llc_estimates"])
     labels = [p.label for p in phases]
     kwargs = dict(temperature=settings["temperature"], prior_std=settings["prior_std"])
@@ -487,7 +618,9 @@ def leading_order_theory(c: int, settings: dict) -> dict:
         )
         # The 5-gon's dead column ranges over a region of prior mass ~0.0142 that the formula omits.
         out["crossing_5_to_6_with_dead_column_prior_mass"] = theory.crossing(
-            by_label["5"]._replace(constant=by_label["5"].constant - math.log(0.0142)), by_label["6"], **kwargs
+            by_label["5"]._replace(constant=by_label["5"].constant - math.log(0.0142)),
+            by_label["6"],
+            **kwargs,
         )
     if "5+" in labels and "6" in labels:
         by_label = {p.label: p for p in phases}
@@ -501,28 +634,55 @@ def occupancy_figure(sizes, occupancy, errors, n_grid, theory_occupancy, tlabels
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-
     colors = phase_colors(tlabels + ["unknown"])
     colors["other"] = colors["unknown"]
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, label in enumerate(tlabels):
-        ax.plot(n_grid, theory_occupancy[:, i], color=colors[label], lw=2.5, alpha=0.8, label=f"theory {pretty_label(label)}")
+        ax.plot(
+            n_grid,
+            theory_occupancy[:, i],
+            color=colors[label],
+            lw=2.5,
+            alpha=0.8,
+            label=f"theory {pretty_label(label)}",
+        )
     for label in occupancy:
         if label == "other" and max(occupancy[label]) == 0:
             continue
         name = "other phases" if label == "other" else pretty_label(label)
-        ax.errorbar(sizes, occupancy[label], yerr=errors[label], fmt="o", ms=6, capsize=3,
-                    color=colors[label], mec="black", mew=0.6, label=f"{summary['sampler'].upper()} {name}")
+        ax.errorbar(
+            sizes,
+            occupancy[label],
+            yerr=errors[label],
+            fmt="o",
+            ms=6,
+            capsize=3,
+            color=colors[label],
+            mec="black",
+            mew=0.6,
+            label=f"{summary['sampler'].upper()} {name}",
+        )
     for key, n_c in summary["theoretical_crossings"].items():
         if n_grid[0] <= n_c <= n_grid[-1]:
             ax.axvline(n_c, color="grey", ls=":", lw=1)
-            ax.text(n_c, 1.02, f"{key}\n$n_c$={n_c:.0f}", ha="center", va="bottom", fontsize=8, color="grey")
+            ax.text(
+                n_c,
+                1.02,
+                f"{key}\n$n_c$={n_c:.0f}",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color="grey",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("number of samples n")
     ax.set_ylabel("posterior occupancy")
     ax.set_ylim(-0.03, 1.12)
-    ax.set_title(f"Bayesian phase transitions, TMS c = {c} ({summary['sampler'].upper()}, "
-                 f"empirical 5→6: {summary['empirical_crossings'].get('5->6', float('nan')):.0f})", pad=28)
+    ax.set_title(
+        f"Bayesian phase transitions, TMS c = {c} ({summary['sampler'].upper()}, "
+        f"empirical 5→6: {summary['empirical_crossings'].get('5->6', float('nan')):.0f})",
+        pad=28,
+    )
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3, which="both")
     return fig
@@ -534,7 +694,6 @@ def tsne_figure(store, sizes, table, c, settings):
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
-
 
     Ws, bs, ids = [], [], []
     for n in sizes:
@@ -549,14 +708,21 @@ def tsne_figure(store, sizes, table, c, settings):
     Wc, bc = canonicalize(jnp.asarray(W[keep]), jnp.asarray(b[keep]))
     features = np.concatenate([np.asarray(Wc).reshape(len(keep), -1), np.asarray(bc)], axis=1)
     perplexity = float(min(30, max(2, (len(keep) - 1) / 3)))
-    embedding = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=settings["seed"]).fit_transform(features)
+    embedding = TSNE(
+        n_components=2, perplexity=perplexity, init="pca", random_state=settings["seed"]
+    ).fit_transform(features)
     labels = np.asarray(table, dtype=object)[ids[keep]]
     colors = phase_colors(list(table))
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     for label in table:
         mask = labels == label
         if np.any(mask):
-            ax.scatter(*embedding[mask].T, s=8, color=colors[label], label=f"{pretty_label(label)} ({mask.sum()})")
+            ax.scatter(
+                *embedding[mask].T,
+                s=8,
+                color=colors[label],
+                label=f"{pretty_label(label)} ({mask.sum()})",
+            )
     ax.set_title(f"t-SNE of canonicalised {settings['sampler'].upper()} samples, coloured by phase")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -566,12 +732,20 @@ def tsne_figure(store, sizes, table, c, settings):
 
 def main(args) -> dict:
     if args.num_features is None:
-        # The paper's three systems, each in its own folder: c = 6 (n to 2000), c = 5 and 4 (n to 600).
+        # The paper's three systems, each in its own folder: c = 6 (n to 2000), c = 5 and 4
+        # (n to 600).
         summaries = {}
         for c in (6, 5, 4):
-            sub = argparse.Namespace(**{**vars(args), "num_features": c, "out": f"{args.out}/c{c}",
-                                        "sizes": PAPER_SMALL_C_SIZES if c != 6 and args.sizes == PRESETS["paper"]["sizes"]
-                                        else args.sizes})
+            sub = argparse.Namespace(
+                **{
+                    **vars(args),
+                    "num_features": c,
+                    "out": f"{args.out}/c{c}",
+                    "sizes": PAPER_SMALL_C_SIZES
+                    if c != 6 and args.sizes == PRESETS["paper"]["sizes"]
+                    else args.sizes,
+                }
+            )
             summaries[c] = main(sub)
         return summaries
     if args.dataset_seeds:
@@ -581,7 +755,13 @@ def main(args) -> dict:
     store.write_config(settings)
     run_sweep(settings, store, progress=args.progress)
     summary = analyse(settings, store)
-    print(json.dumps({k: summary[k] for k in ("occupancy", "theoretical_crossings", "empirical_crossings")}, indent=1, default=float))
+    print(
+        json.dumps(
+            {k: summary[k] for k in ("occupancy", "theoretical_crossings", "empirical_crossings")},
+            indent=1,
+            default=float,
+        )
+    )
     return summary
 
 
@@ -591,7 +771,9 @@ def main_over_datasets(args) -> dict:
     seeds = sorted({int(s) for s in str(args.dataset_seeds).split(",")})
     per_seed = {}
     for seed in seeds:
-        sub = argparse.Namespace(**{**vars(args), "dataset_seeds": None, "seed": seed, "out": f"{args.out}/seed_{seed}"})
+        sub = argparse.Namespace(
+            **{**vars(args), "dataset_seeds": None, "seed": seed, "out": f"{args.out}/seed_{seed}"}
+        )
         per_seed[seed] = main(sub)
     first = per_seed[seeds[0]]
     keys = sorted({k for summary in per_seed.values() for k in summary["empirical_crossings"]})
@@ -637,15 +819,31 @@ def datasets_figure(summary):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sizes = summary["sizes"]
     for index, seed in enumerate(summary["dataset_seeds"]):
-        occupancy, errors = summary["occupancy_per_seed"][str(seed)], summary["occupancy_stderr_per_seed"][str(seed)]
+        occupancy, errors = (
+            summary["occupancy_per_seed"][str(seed)],
+            summary["occupancy_stderr_per_seed"][str(seed)],
+        )
         for label, style in (("6", "-o"), ("5", "--s")):
             if label in occupancy:
-                ax.errorbar(sizes, occupancy[label], yerr=errors[label], fmt=style, color=f"C{index}", ms=4,
-                            capsize=2, label=f"seed {seed}: {label}-gon")
+                ax.errorbar(
+                    sizes,
+                    occupancy[label],
+                    yerr=errors[label],
+                    fmt=style,
+                    color=f"C{index}",
+                    ms=4,
+                    capsize=2,
+                    label=f"seed {seed}: {label}-gon",
+                )
     crossing = summary["empirical_crossings_over_datasets"].get("5->6")
     if crossing and np.isfinite(crossing["mean"]):
-        ax.axvspan(crossing["mean"] - np.nan_to_num(crossing["std"]), crossing["mean"] + np.nan_to_num(crossing["std"]),
-                   color="grey", alpha=0.2, label=f"empirical 5->6: {crossing['mean']:.0f}")
+        ax.axvspan(
+            crossing["mean"] - np.nan_to_num(crossing["std"]),
+            crossing["mean"] + np.nan_to_num(crossing["std"]),
+            color="grey",
+            alpha=0.2,
+            label=f"empirical 5->6: {crossing['mean']:.0f}",
+        )
     theory_n = summary["theoretical_crossings"].get("5->6")
     if theory_n:
         ax.axvline(theory_n, color="black", ls=":", label=f"leading-order theory: {theory_n:.0f}")

@@ -3,16 +3,17 @@ experiment from another without an argv.
 
 An experiment module defines
 
-- ``PRESETS``: ``{"smoke": {...}, "cpu": {...}, "paper": {...}}``, values for the arguments it leaves at
-  None (``smoke`` runs in seconds for the tests, ``cpu`` is the default, ``paper`` is paper scale for a GPU);
+- ``PRESETS``: ``{"smoke": {...}, "cpu": {...}, "paper": {...}}``, values for the arguments it
+  leaves at None (``smoke`` runs in seconds for the tests, ``cpu`` is the default, ``paper`` is
+  paper scale for a GPU);
 - ``add_arguments(parser)``: its own flags (default None where a preset fills them);
 - optionally ``check(args)``: raises ValueError naming a bad flag;
 - ``main(args) -> dict``: runs it and returns its summary.
 
 Every experiment gets ``--out``, ``--preset``, ``--smoke`` (= ``--preset smoke``), ``--seed`` and
-``--no-progress`` from :func:`base_parser`; ``args.progress`` is set for the code. The command line goes
-through :func:`parse_args`; another experiment (or the reproduction) builds the same arguments with
-:func:`configure`, passing typed values, and calls ``module.main`` directly.
+``--no-progress`` from :func:`base_parser`; ``args.progress`` is set for the code. The command line
+goes through :func:`parse_args`; another experiment (or the reproduction) builds the same arguments
+with :func:`configure`, passing typed values, and calls ``module.main`` directly.
 """
 
 import argparse
@@ -29,12 +30,17 @@ def base_parser(module: ModuleType) -> argparse.ArgumentParser:
     if missing:
         raise ValueError(f"{module.__name__}.PRESETS lacks {sorted(missing)}")
     parser = argparse.ArgumentParser(
-        prog=f"python -m {module.__name__}", description=module.__doc__,
+        prog=f"python -m {module.__name__}",
+        description=module.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", required=True, help="output folder (re-running resumes)")
-    parser.add_argument("--preset", choices=sorted(presets), default="cpu",
-                        help="sizes: smoke (seconds), cpu (default, minutes), paper (paper scale, GPU)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(presets),
+        default="cpu",
+        help="sizes: smoke (seconds), cpu (default, minutes), paper (paper scale, GPU)",
+    )
     parser.add_argument("--smoke", action="store_true", help="same as --preset smoke")
     parser.add_argument("--seed", type=int, default=0, help="root PRNG seed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -51,7 +57,9 @@ def finish(module: ModuleType, args: argparse.Namespace) -> argparse.Namespace:
     args.progress = not args.no_progress
     for name, value in module.PRESETS[args.preset].items():
         if not hasattr(args, name):
-            raise ValueError(f"{module.__name__}.PRESETS[{args.preset!r}] sets unknown argument {name!r}")
+            raise ValueError(
+                f"{module.__name__}.PRESETS[{args.preset!r}] sets unknown argument {name!r}"
+            )
         if getattr(args, name) is None:
             setattr(args, name, value)
     if hasattr(module, "check"):
@@ -91,7 +99,9 @@ def configure(module: ModuleType, out, *, preset: str = "cpu", **overrides) -> a
 
 def settings(args: argparse.Namespace) -> dict:
     """Every setting of a run, for ``config.json`` (without the output folder and display flags)."""
-    return {k: v for k, v in vars(args).items() if k not in ("out", "no_progress", "progress", "smoke")}
+    return {
+        k: v for k, v in vars(args).items() if k not in ("out", "no_progress", "progress", "smoke")
+    }
 
 
 def run_module(module: ModuleType) -> dict:

@@ -11,7 +11,8 @@ grad_norm, Hessian counts, constant), ``DIR/energy_levels_c{c}.png`` and ``DIR/c
 
 References: Chen, Lau, Mendel, Wei, Murfet (2023), arXiv:2310.06301, §3, App. A, E.
 
-Usage: python -m experiments.critical_points --out results/critical_points [--num-features 4,5,6,7,8]
+Usage:
+  python -m experiments.critical_points --out results/critical_points [--num-features 4,5,6,7,8]
 """
 
 import sys
@@ -31,7 +32,9 @@ PRESETS = {
 
 def add_arguments(parser):
     parser.add_argument(
-        "--num-features", default=None, help="comma-separated numbers of features c (preset: 4,5,6,7,8)"
+        "--num-features",
+        default=None,
+        help="comma-separated numbers of features c (preset: 4,5,6,7,8)",
     )
 
 
@@ -53,8 +56,10 @@ def main(args) -> dict:
         print(f"c = {c}: {len(points)} critical points")
         for p in points:
             llc = "   -" if p.llc is None else f"{p.llc:4g}"
-            print(f"  {p.label:8s} L = {p.loss:.5f}  λ = {llc}  |∇L| = {p.grad_norm:.1e}  "
-                  f"zero/neg = {p.num_zero}/{p.num_negative}  c = {p.constant:.5f}")
+            print(
+                f"  {p.label:8s} L = {p.loss:.5f}  λ = {llc}  |∇L| = {p.grad_norm:.1e}  "
+                f"zero/neg = {p.num_zero}/{p.num_negative}  c = {p.constant:.5f}"
+            )
     summary = {
         "catalogues": catalogues,
         "max_grad_norm": max(r["grad_norm"] for cat in catalogues.values() for r in cat),

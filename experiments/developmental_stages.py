@@ -1,4 +1,5 @@
-r"""The Developmental Stages of TMS: an animation of one SGD run passing through several k-gon phases.
+r"""The Developmental Stages of TMS: an animation of one SGD run passing through several k-gon
+phases.
 
 Question: what does a dynamical transition look like in weight space? The "Growth and Form in a Toy
 Model of Superposition" post animates one run that moves 4 → 4⁺ → 5: the columns of W (the features'
@@ -6,10 +7,10 @@ embeddings in the plane) rearrange from a square into a pentagon while the loss 
 energy level to the next.
 
 Method: train an ensemble exactly as :mod:`experiments.sgd_plateaus` (or read its
-``trajectory.npz`` with ``--from DIR``), find plateaus and paths with :mod:`tmsjax.tms.plateaus`, and pick
-the run automatically: the most transitions on its path, ties broken by the most plateaus, then the
-lowest final loss (``--run`` overrides; seeds are never searched). The GIF (matplotlib + pillow)
-shows, per checkpoint,
+``trajectory.npz`` with ``--from DIR``), find plateaus and paths with :mod:`tmsjax.tms.plateaus`,
+and pick the run automatically: the most transitions on its path, ties broken by the most plateaus,
+then the lowest final loss (``--run`` overrides; seeds are never searched). The GIF (matplotlib +
+pillow) shows, per checkpoint,
 
 - the columns :math:`W_i` as arrows in the plane with the convex hull of the present columns (those
   at least half as long as the longest, the classifier's rule),
@@ -17,10 +18,11 @@ shows, per checkpoint,
 - the exact potential against steps (log x) with the catalogue energy levels named and a moving
   marker,
 - optionally the local learning coefficient :math:`\hat\lambda` along the trajectory, the "opposing
-  staircases" of loss and complexity: ``--llc PATH`` with PATH an :mod:`experiments.llc_trajectories`
-  output folder (its ``llc.npz`` is read) or any npz with ``steps`` and ``llc``: (T,) for the run
-  named by ``--run`` (required for such a file), or (runs, T) with an optional ``runs`` array naming
-  the ensemble run of each row (then the chosen run must be among them). ``--from DIR`` also picks up ``DIR/llc.npz`` when it is there
+  staircases" of loss and complexity: ``--llc PATH`` with PATH an
+  :mod:`experiments.llc_trajectories` output folder (its ``llc.npz`` is read) or any npz with
+  ``steps`` and ``llc``: (T,) for the run named by ``--run`` (required for such a file), or
+  (runs, T) with an optional ``runs`` array naming the ensemble run of each row (then the chosen run
+  must be among them). ``--from DIR`` also picks up ``DIR/llc.npz`` when it is there
   (llc_trajectories writes both files when it trains). An ``llc.npz`` that carries the exact losses
   is checked against the trajectory, so λ̂ of another ensemble is refused rather than drawn.
 
@@ -34,7 +36,8 @@ References:
 Usage:
   python -m experiments.developmental_stages --out results/stages
   python -m experiments.developmental_stages --out results/stages --from results/sgd
-  python -m experiments.developmental_stages --out results/stages --from results/sgd --llc results/llc_trajectories
+  python -m experiments.developmental_stages --out results/stages --from results/sgd \
+      --llc results/llc_trajectories
 """
 
 import sys
@@ -53,14 +56,27 @@ PRESETS = {"smoke": {"frames": 5}, "cpu": {"frames": 90}, "paper": {"frames": 90
 
 
 def add_arguments(parser):
-    parser.add_argument("--from", dest="source", default=None, help="an experiments.sgd_plateaus output folder to read")
-    parser.add_argument("--num-runs", type=int, default=None, help="number of SGD runs to choose from")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        default=None,
+        help="an experiments.sgd_plateaus output folder to read",
+    )
+    parser.add_argument(
+        "--num-runs", type=int, default=None, help="number of SGD runs to choose from"
+    )
     parser.add_argument("--num-steps", type=int, default=None, help="SGD steps per run")
-    parser.add_argument("--run", type=int, default=None, help="animate this run instead of choosing one")
+    parser.add_argument(
+        "--run", type=int, default=None, help="animate this run instead of choosing one"
+    )
     parser.add_argument("--frames", type=int, default=None, help="at most this many frames")
     parser.add_argument("--fps", type=int, default=8)
-    parser.add_argument("--llc", default=None,
-                        help="an llc_trajectories output folder, or an npz with `steps` and `llc` ((T,) or (runs, T))")
+    parser.add_argument(
+        "--llc",
+        default=None,
+        help="an llc_trajectories output folder, or an npz with `steps` and `llc` "
+        "((T,) or (runs, T))",
+    )
 
 
 def check(args):
@@ -70,12 +86,16 @@ def check(args):
 
 def choose_run(analysis, final_losses) -> int:
     """The run with the most transitions, then the most plateaus, then the lowest final loss."""
-    scores = [(len(run.path) - 1, len(run.plateaus), -float(np.nan_to_num(loss, nan=np.inf))) for run, loss in zip(analysis.runs, final_losses)]
+    scores = [
+        (len(run.path) - 1, len(run.plateaus), -float(np.nan_to_num(loss, nan=np.inf)))
+        for run, loss in zip(analysis.runs, final_losses)
+    ]
     return int(max(range(len(scores)), key=lambda r: scores[r]))
 
 
 def _hull(points):
-    """Convex hull vertices (counter-clockwise) of 2-D points; fewer than 3 points are returned as is."""
+    """Convex hull vertices (counter-clockwise) of 2-D points; fewer than 3 points are returned as
+    is."""
     if len(points) < 3:
         return points
     from scipy.spatial import ConvexHull, QhullError
@@ -86,7 +106,20 @@ def _hull(points):
         return points
 
 
-def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, llc_stderr=None, labels=None, max_frames=90, title=""):
+def animate(
+    steps,
+    W,
+    b,
+    losses,
+    critical_points,
+    *,
+    llc=None,
+    llc_steps=None,
+    llc_stderr=None,
+    labels=None,
+    max_frames=90,
+    title="",
+):
     """A matplotlib FuncAnimation of one trajectory.
 
     Args:
@@ -108,7 +141,9 @@ def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, l
 
     steps, W, b, losses = (np.asarray(v) for v in (steps, W, b, losses))
     num_features = W.shape[-1]
-    frames = np.unique(np.round(np.linspace(0, len(steps) - 1, min(max_frames, len(steps)))).astype(int))
+    frames = np.unique(
+        np.round(np.linspace(0, len(steps) - 1, min(max_frames, len(steps)))).astype(int)
+    )
     x = np.maximum(steps, 1)
     fig = plt.figure(figsize=(11, 8))
     grid = fig.add_gridspec(2, 2, height_ratios=[1.15, 1])
@@ -121,7 +156,13 @@ def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, l
     draw_energy_levels(ax_loss, [p for p in critical_points if low <= p.loss <= high])
     ax_loss.plot(x, losses, color="C0", lw=1.5)
     (marker,) = ax_loss.plot([], [], "o", color="C3", ms=8, zorder=5)
-    ax_loss.set(xscale="log", ylim=(low, high), xlim=(x[0], x[-1] * 1.2), xlabel="SGD step", ylabel="population loss L(w_t)")
+    ax_loss.set(
+        xscale="log",
+        ylim=(low, high),
+        xlim=(x[0], x[-1] * 1.2),
+        xlabel="SGD step",
+        ylabel="population loss L(w_t)",
+    )
     ax_loss.set_title("loss: a staircase of critical energy levels", fontsize=10)
     ax_loss.grid(alpha=0.25, which="both")
     llc_marker = None
@@ -130,22 +171,38 @@ def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, l
         llc_x = np.maximum(np.asarray(steps if llc_steps is None else llc_steps), 1)
         if llc_stderr is not None:
             error = np.asarray(llc_stderr, dtype=float)
-            ax_llc.fill_between(llc_x, llc - 2 * error, llc + 2 * error, color="C2", alpha=0.2, lw=0, label="± 2 se")
+            ax_llc.fill_between(
+                llc_x, llc - 2 * error, llc + 2 * error, color="C2", alpha=0.2, lw=0, label="± 2 se"
+            )
         ax_llc.plot(llc_x, llc, color="C2", lw=1.5, marker=".", ms=3, label=r"$\hat\lambda$ (SGLD)")
         (llc_marker,) = ax_llc.plot([], [], "o", color="C3", ms=8, zorder=5)
         visited = {str(label) for label in labels} if labels is not None else set()
-        exact = [p for p in critical_points if p.llc is not None and (p.label in visited or not visited)]
+        exact = [
+            p for p in critical_points if p.llc is not None and (p.label in visited or not visited)
+        ]
         for point in exact:
             ax_llc.axhline(point.llc, color="0.4", lw=0.8, ls=":")
-            ax_llc.annotate(f"λ({pretty_label(point.label)}) = {point.llc:g}", xy=(0.01, point.llc), xycoords=("axes fraction", "data"),
-                            xytext=(0, 2), textcoords="offset points", fontsize=7, color="0.3", va="bottom")
+            ax_llc.annotate(
+                f"λ({pretty_label(point.label)}) = {point.llc:g}",
+                xy=(0.01, point.llc),
+                xycoords=("axes fraction", "data"),
+                xytext=(0, 2),
+                textcoords="offset points",
+                fontsize=7,
+                color="0.3",
+                va="bottom",
+            )
         finite_llc = llc[np.isfinite(llc)]
         if finite_llc.size:
             top = max([float(finite_llc.max())] + [p.llc for p in exact])
             ax_llc.set_ylim(min(0.0, float(finite_llc.min())) - 0.3, top + 1.0)
         # The loss panel's step range, so the two staircases line up.
-        ax_llc.set(xscale="log", xlim=(x[0], x[-1] * 1.2), xlabel="SGD step",
-                   ylabel=r"$\hat\lambda$ (local learning coefficient)")
+        ax_llc.set(
+            xscale="log",
+            xlim=(x[0], x[-1] * 1.2),
+            xlabel="SGD step",
+            ylabel=r"$\hat\lambda$ (local learning coefficient)",
+        )
         ax_llc.set_title("complexity rises as the loss falls", fontsize=10)
         ax_llc.legend(loc="lower right", fontsize=7)
         ax_llc.grid(alpha=0.25, which="major")
@@ -164,9 +221,28 @@ def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, l
             ax_w.fill(hull[:, 0], hull[:, 1], color="0.85", zorder=0)
             ax_w.plot(*np.vstack([hull, hull[:1]]).T, color="0.5", lw=1, zorder=1)
         for i, (u, v) in enumerate(columns):
-            ax_w.annotate("", xy=(u, v), xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color=colors[i], lw=2))
-            ax_w.text(1.08 * u, 1.08 * v, f"{i + 1}", color=colors[i], fontsize=9, ha="center", va="center")
-        ax_w.set(xlim=(-radius, radius), ylim=(-radius, radius), aspect="equal", xlabel="hidden unit 1", ylabel="hidden unit 2")
+            ax_w.annotate(
+                "",
+                xy=(u, v),
+                xytext=(0, 0),
+                arrowprops=dict(arrowstyle="-|>", color=colors[i], lw=2),
+            )
+            ax_w.text(
+                1.08 * u,
+                1.08 * v,
+                f"{i + 1}",
+                color=colors[i],
+                fontsize=9,
+                ha="center",
+                va="center",
+            )
+        ax_w.set(
+            xlim=(-radius, radius),
+            ylim=(-radius, radius),
+            aspect="equal",
+            xlabel="hidden unit 1",
+            ylabel="hidden unit 2",
+        )
         ax_w.set_title("columns $W_i$ and their convex hull", fontsize=10)
         ax_w.grid(alpha=0.2)
         ax_b.clear()
@@ -188,20 +264,35 @@ def animate(steps, W, b, losses, critical_points, *, llc=None, llc_steps=None, l
     fig.tight_layout(rect=(0, 0, 1, 0.9))
     # Frames redraw the axes after this layout: leave room between the rows for their labels.
     fig.subplots_adjust(hspace=0.32)
-    animation = FuncAnimation(fig, draw, frames=list(frames) + [frames[-1]] * 6, blit=False)  # hold the last frame
+    animation = FuncAnimation(
+        fig, draw, frames=list(frames) + [frames[-1]] * 6, blit=False
+    )  # hold the last frame
     animation.draw_tms_frame = draw  # a handle to redraw any checkpoint, e.g. for a still image
     return fig, animation
 
 
 def _load_or_train(args):
-    """(steps, W, b, population_loss, phase labels (runs, T), ensemble settings) from --from or a fresh ensemble."""
+    """(steps, W, b, population_loss, phase labels (runs, T), ensemble settings) from --from or a
+    fresh ensemble."""
     if args.source is not None:
         with np.load(Path(args.source) / "trajectory.npz") as data:
             table = np.asarray(data["phase_table"], dtype=object)
-            return data["steps"], data["W"], data["b"], data["population_loss"], table[data["phase_ids"]], None
+            return (
+                data["steps"],
+                data["W"],
+                data["b"],
+                data["population_loss"],
+                table[data["phase_ids"]],
+                None,
+            )
     ensemble_args = common.configure(
-        sgd_plateaus, args.out, preset=args.preset, seed=args.seed, no_progress=True,
-        num_runs=args.num_runs, num_steps=args.num_steps,
+        sgd_plateaus,
+        args.out,
+        preset=args.preset,
+        seed=args.seed,
+        no_progress=True,
+        num_runs=args.num_runs,
+        num_steps=args.num_steps,
     )
     trajectory, ids, table = sgd_plateaus.run_ensemble(ensemble_args)
     W, b = trajectory.params
@@ -224,12 +315,13 @@ def llc_file(args) -> Path | None:
 
 
 def load_llc(path: Path, run: int, steps, population_loss, *, run_given: bool = True):
-    """(llc (T',), steps (T',), stderr or None, note) of ensemble run `run`; llc None when it has no λ̂.
+    """(llc (T',), steps (T',), stderr or None, note) of ensemble run `run`; llc None when it has
+    no λ̂.
 
     Rows of a (runs, T') file are ensemble runs named by its ``runs`` array (default 0..runs-1). A
     (T',) file names no run, so it is accepted only for a run chosen with ``--run`` (`run_given`),
-    never for one picked automatically. When the file carries ``population_loss`` at its steps ((T',)
-    or (runs, T') like ``llc``), it must match this trajectory's for that run.
+    never for one picked automatically. When the file carries ``population_loss`` at its steps
+    ((T',) or (runs, T') like ``llc``), it must match this trajectory's for that run.
     """
     with np.load(path) as data:
         arrays = {name: data[name] for name in data.files}
@@ -237,7 +329,9 @@ def load_llc(path: Path, run: int, steps, population_loss, *, run_given: bool = 
     stderr = arrays.get("stderr")
     if llc.ndim == 1:
         if not run_given:
-            raise ValueError(f"{path}: a 1-d λ̂ file names no run; pass --run to say which run it belongs to")
+            raise ValueError(
+                f"{path}: a 1-d λ̂ file names no run; pass --run to say which run it belongs to"
+            )
         row = None
     elif llc.ndim == 2:
         runs = np.asarray(arrays.get("runs", np.arange(llc.shape[0])))
@@ -253,15 +347,22 @@ def load_llc(path: Path, run: int, steps, population_loss, *, run_given: bool = 
         raise ValueError(f"{path}: llc {llc.shape} and steps {llc_steps.shape} disagree")
     if "population_loss" in arrays:
         index = np.searchsorted(steps, llc_steps)
-        if np.any(index >= len(steps)) or np.any(np.asarray(steps)[np.minimum(index, len(steps) - 1)] != llc_steps):
+        if np.any(index >= len(steps)) or np.any(
+            np.asarray(steps)[np.minimum(index, len(steps) - 1)] != llc_steps
+        ):
             raise ValueError(f"{path}: its steps are not checkpoints of this trajectory")
         recorded = np.asarray(arrays["population_loss"])
         recorded = recorded if row is None else recorded[row]
         if recorded.shape != llc_steps.shape:
-            raise ValueError(f"{path}: population_loss {recorded.shape} does not match llc's steps {llc_steps.shape}")
+            raise ValueError(
+                f"{path}: population_loss {recorded.shape} does not match llc's steps "
+                f"{llc_steps.shape}"
+            )
         expected = np.asarray(population_loss[run])[index]
         if not np.allclose(expected, recorded, rtol=1e-5, atol=1e-7, equal_nan=True):
-            raise ValueError(f"{path}: its losses differ from this trajectory's: λ̂ of another ensemble")
+            raise ValueError(
+                f"{path}: its losses differ from this trajectory's: λ̂ of another ensemble"
+            )
     return llc, llc_steps, stderr, f"λ̂ of run {run} from {path}"
 
 
@@ -279,12 +380,25 @@ def main(args):
     llc = llc_steps = llc_stderr = None
     llc_path, llc_note = llc_file(args), None
     if llc_path is not None:
-        llc, llc_steps, llc_stderr, llc_note = load_llc(llc_path, run, steps, losses, run_given=args.run is not None)
+        llc, llc_steps, llc_stderr, llc_note = load_llc(
+            llc_path, run, steps, losses, run_given=args.run is not None
+        )
         print(llc_note)
     path = " → ".join(pretty_label(label) for label in analysis.runs[run].path)
     title = f"Developmental stages of TMS (c = {num_features}): run {run}, path {path}"
-    fig, animation = animate(steps, W[run], b[run], losses[run], critical_points(num_features), llc=llc, llc_steps=llc_steps,
-                             llc_stderr=llc_stderr, labels=labels[run], max_frames=args.frames, title=title)
+    fig, animation = animate(
+        steps,
+        W[run],
+        b[run],
+        losses[run],
+        critical_points(num_features),
+        llc=llc,
+        llc_steps=llc_steps,
+        llc_stderr=llc_stderr,
+        labels=labels[run],
+        max_frames=args.frames,
+        title=title,
+    )
     gif = store.path("developmental_stages.gif")
     animation.save(gif, writer=PillowWriter(fps=args.fps), dpi=80)
     animation.draw_tms_frame(len(steps) - 1)
@@ -295,7 +409,9 @@ def main(args):
         "num_transitions": len(analysis.runs[run].path) - 1,
         "plateaus": [p._asdict() for p in analysis.runs[run].plateaus],
         "num_runs_considered": W.shape[0],
-        "runs_with_this_many_transitions": int(np.sum(analysis.num_transitions(True) == len(analysis.runs[run].path) - 1)),
+        "runs_with_this_many_transitions": int(
+            np.sum(analysis.num_transitions(True) == len(analysis.runs[run].path) - 1)
+        ),
         "source": args.source,
         "ensemble_settings": ensemble,
         "llc": None if llc_path is None else str(llc_path),

@@ -5,23 +5,24 @@ n ≈ 601, the sampled posterior (NUTS, and tempered SMC from the prior) mostly 
 make the difference? For one dataset draw (the nested datasets of ``bayesian_transitions --seed S``)
 and each n, the log posterior odds :math:`\log(p_6/p_5)` of the 6-gon against the 5-gon are computed
 
-1. ``leading_order``: :math:`F_5 - F_6` with the catalogue's population losses (docs/paper_numbers.md §5);
-2. ``leading_order_data``: the same with this dataset's losses :math:`nL_n(w^*)` at the critical points,
-   the 5-gon's six choices of dead feature combined by log-sum-exp (minus log 6, so that it reduces to
-   1. when every choice costs the same);
-3. ``laplace``: every labelled copy (120 rotation orbits of the 6-gon, 6 × 24 of the 5-gon) refined to
-   its maximum a posteriori point by Newton's method in float64, then a Laplace integral over the
-   curved directions (:math:`-\tfrac12\log\det'` of the posterior Hessian), the rotation orbit's length
-   :math:`2\pi\lVert W\rVert_F`, and for the 5-gon the dead column's prior-weighted volume
-   :math:`E_{\varphi}[e^{-n\Delta L}]` over its 3 parameters (Monte Carlo on the exact potential, only
-   where the classifier still says "5").
+1. ``leading_order``: :math:`F_5 - F_6` with the catalogue's population losses
+   (docs/paper_numbers.md §5);
+2. ``leading_order_data``: the same with this dataset's losses :math:`nL_n(w^*)` at the critical
+   points, the 5-gon's six choices of dead feature combined by log-sum-exp (minus log 6, so that it
+   reduces to 1. when every choice costs the same);
+3. ``laplace``: every labelled copy (120 rotation orbits of the 6-gon, 6 × 24 of the 5-gon) refined
+   to its maximum a posteriori point by Newton's method in float64, then a Laplace integral over the
+   curved directions (:math:`-\tfrac12\log\det'` of the posterior Hessian), the rotation orbit's
+   length :math:`2\pi\lVert W\rVert_F`, and for the 5-gon the dead column's prior-weighted volume
+   :math:`E_{\varphi}[e^{-n\Delta L}]` over its 3 parameters (Monte Carlo on the exact potential,
+   only where the classifier still says "5").
 
-``--from DIR`` adds the sampled log-odds of a ``bayesian_transitions`` run (same seed) for comparison.
-Writes ``summary.json`` (log-odds and the crossing of each) and ``log_odds.png``.
+``--from DIR`` adds the sampled log-odds of a ``bayesian_transitions`` run (same seed) for
+comparison. Writes ``summary.json`` (log-odds and the crossing of each) and ``log_odds.png``.
 
 Usage:
-  python -m experiments.laplace_crossing --out results/laplace --seed 0 --sizes 300,400,450,500,600,700 \
-      --from results/bayes
+  python -m experiments.laplace_crossing --out results/laplace --seed 0 \
+      --sizes 300,400,450,500,600,700 --from results/bayes
 """
 
 import itertools
@@ -45,8 +46,8 @@ NUM_FEATURES = 6
 
 
 def labelled_copies(k: int, c: int) -> list[tuple[int, ...]]:
-    """Feature orders of the k live vertices, one per rotation orbit: the cyclic order up to rotation
-    (mirror images are separate orbits), times the choice of live features."""
+    """Feature orders of the k live vertices, one per rotation orbit: the cyclic order up to
+    rotation (mirror images are separate orbits), times the choice of live features."""
     orders = []
     for live in itertools.combinations(range(c), k):
         orders += [(live[0],) + rest for rest in itertools.permutations(live[1:])]
@@ -67,7 +68,9 @@ def _laplace_one(live0, live_index, x, n_mask, dead_W, dead_b):
 
     def newton(live, _):
         eigenvalues, vectors = jnp.linalg.eigh(hess(live))
-        rotation = jnp.arange(eigenvalues.size) == jnp.argmin(jnp.abs(eigenvalues))  # the exact zero mode
+        rotation = jnp.arange(eigenvalues.size) == jnp.argmin(
+            jnp.abs(eigenvalues)
+        )  # the exact zero mode
         inverse = jnp.where(rotation, 0.0, 1.0 / eigenvalues)
         return live - vectors @ (inverse * (vectors.T @ grad(live))), None
 
@@ -77,8 +80,13 @@ def _laplace_one(live0, live_index, x, n_mask, dead_W, dead_b):
     log_det = jnp.sum(jnp.where(rotation, 0.0, jnp.log(jnp.abs(eigenvalues))))
     min_curvature = jnp.min(jnp.where(rotation, jnp.inf, eigenvalues))
     # ∫ = e^{−E} (2π)^{−d/2} (prior normalisation) (2π)^{(d−1)/2} det'^{−1/2} · 2π‖W‖ (the orbit).
-    log_integral = (-energy(live) - 0.5 * math.log(2 * math.pi) - 0.5 * log_det
-                    + math.log(2 * math.pi) + jnp.log(jnp.linalg.norm(live[: 2 * k])))
+    log_integral = (
+        -energy(live)
+        - 0.5 * math.log(2 * math.pi)
+        - 0.5 * log_det
+        + math.log(2 * math.pi)
+        + jnp.log(jnp.linalg.norm(live[: 2 * k]))
+    )
     return log_integral, min_curvature, jnp.max(jnp.abs(grad(live)))
 
 
@@ -90,38 +98,57 @@ def phase_log_mass(point, c: int, x, n: int) -> tuple[float, float]:
     orders = labelled_copies(point.k, c)
     live0, live_index, dead_W, dead_b = [], [], [], []
     for order in orders:
-        W, b = np.zeros((2, c)), np.full(c, -1.0)  # dead columns: 0, bias -1 (inside the flat region)
+        W, b = (
+            np.zeros((2, c)),
+            np.full(c, -1.0),
+        )  # dead columns: 0, bias -1 (inside the flat region)
         W[:, list(order)], b[list(order)] = point.W[:, : point.k], point.b[: point.k]
         live0.append(np.concatenate([W[:, list(order)].ravel(), b[list(order)]]))
         live_index.append(order)
         dead_W.append(np.where(np.isin(np.arange(c), order), 0.0, W))
         dead_b.append(b)
     n_mask = (jnp.arange(x.shape[0]) < n).astype(x.dtype)
-    logs, curvature, grad_max = _laplace_all(jnp.asarray(np.array(live0)), jnp.asarray(np.array(live_index)), x,
-                                             n_mask, jnp.asarray(np.array(dead_W)), jnp.asarray(np.array(dead_b)))
+    logs, curvature, grad_max = _laplace_all(
+        jnp.asarray(np.array(live0)),
+        jnp.asarray(np.array(live_index)),
+        x,
+        n_mask,
+        jnp.asarray(np.array(dead_W)),
+        jnp.asarray(np.array(dead_b)),
+    )
     if float(jnp.max(grad_max)) > 1e-6 or float(jnp.min(curvature)) <= 0:
         raise RuntimeError(f"Newton did not reach a minimum for the {point.label}-gon at n={n}")
     return float(logsumexp(np.asarray(logs))), float(jnp.min(curvature))
 
 
 def dead_column_loss_change(point, num_draws: int = 400_000, seed: int = 0) -> np.ndarray:
-    r"""ΔL at prior draws (W_d, b_d) ~ N(0, I₃) of the dead column, +inf where it no longer reads "5"
-    (so :math:`E_\varphi[e^{-n\Delta L}]` over them is the column's prior-weighted volume at every n)."""
+    r"""ΔL at prior draws (W_d, b_d) ~ N(0, I₃) of the dead column, +inf where it no longer reads
+    "5" (so :math:`E_\varphi[e^{-n\Delta L}]` over them is the column's prior-weighted volume at
+    every n)."""
     dead = int(np.argmin(np.linalg.norm(point.W, axis=0)))
     draws = jax.random.normal(jax.random.key(seed), (num_draws, 3))
     W0, b0 = jnp.asarray(point.W), jnp.asarray(point.b)
 
     def delta_loss(z):
-        return population_loss(TMSParams(W0.at[:, dead].set(z[:2]), b0.at[dead].set(z[2]))) - point.loss
+        return (
+            population_loss(TMSParams(W0.at[:, dead].set(z[:2]), b0.at[dead].set(z[2])))
+            - point.loss
+        )
 
-    still_five = (draws[:, 2] <= 0) & (jnp.linalg.norm(draws[:, :2], axis=1) < DEAD_FRACTION * point.radius)
+    still_five = (draws[:, 2] <= 0) & (
+        jnp.linalg.norm(draws[:, :2], axis=1) < DEAD_FRACTION * point.radius
+    )
     return np.asarray(jnp.where(still_five, jax.jit(jax.vmap(delta_loss))(draws), jnp.inf))
 
 
 def leading_order_data(points, x, n: int, c: int) -> float:
-    """F_5 − F_6 with this dataset's n L_n at the critical points (log-sum-exp over the dead feature)."""
+    """F_5 − F_6 with this dataset's n L_n at the critical points (log-sum-exp over the dead
+    feature)."""
+
     def total(W, b):
-        return float(jnp.sum((x[:n] - reconstruct(TMSParams(jnp.asarray(W), jnp.asarray(b)), x[:n])) ** 2))
+        return float(
+            jnp.sum((x[:n] - reconstruct(TMSParams(jnp.asarray(W), jnp.asarray(b)), x[:n])) ** 2)
+        )
 
     six, five = points["6"], points["5"]
     dead = int(np.argmin(np.linalg.norm(five.W, axis=0)))
@@ -166,7 +193,9 @@ PRESETS = {
 
 def add_arguments(parser):
     parser.add_argument("--sizes", default=None, help="comma-separated dataset sizes n (preset)")
-    parser.add_argument("--from", dest="sampled", default=None, help="a bayesian_transitions output folder")
+    parser.add_argument(
+        "--from", dest="sampled", default=None, help="a bayesian_transitions output folder"
+    )
 
 
 def check(args):
@@ -176,21 +205,30 @@ def check(args):
 
 
 def main(args) -> dict:
-    """The 6-vs-5 log posterior odds three ways for the dataset of ``--seed`` (as bayesian_transitions draws it)."""
+    """The 6-vs-5 log posterior odds three ways for the dataset of ``--seed`` (as
+    bayesian_transitions draws it)."""
     sizes = sorted({int(s) for s in str(args.sizes).split(",")})
     c = NUM_FEATURES
     points = {p.label: p for p in critical_points(c)}
     six, five = points["6"], points["5"]
-    # The experiment's dataset draw: n_max rows from the seed's data key (the draw depends on n_max).
+    # The experiment's dataset draw: n_max rows from the seed's data key (the draw depends on
+    # n_max).
     n_max = max(sizes)
     if args.sampled:
         settings = ResultStore(args.sampled).read_json("config.json")["settings"]
         if settings["seed"] != args.seed:
-            raise ValueError(f"--from {args.sampled} used seed {settings['seed']}, not --seed {args.seed}")
+            raise ValueError(
+                f"--from {args.sampled} used seed {settings['seed']}, not --seed {args.seed}"
+            )
         n_max = max(settings["sizes"])
     if n_max < max(sizes):
         raise ValueError(f"--sizes go beyond the sampled run's largest n ({n_max})")
-    rows = {"leading_order": [], "leading_order_data": [], "laplace": [], "dead_column_log_volume": []}
+    rows = {
+        "leading_order": [],
+        "leading_order_data": [],
+        "laplace": [],
+        "dead_column_log_volume": [],
+    }
     with jax.enable_x64(True):
         x = jnp.asarray(bayesian_transitions.dataset_rows(args.seed, n_max, c), jnp.float64)
         dead_delta = dead_column_loss_change(five)  # the same draws for every n
@@ -204,8 +242,14 @@ def main(args) -> dict:
             rows["dead_column_log_volume"].append(volume)
             rows["laplace"].append(log6 - (log5 + volume))
             print(f"n={n}: " + ", ".join(f"{k} {v[-1]:+.2f}" for k, v in rows.items()), flush=True)
-    summary = {"seed": args.seed, "sizes": sizes, "log_odds_6_vs_5": rows,
-               "crossings": {k: crossing(sizes, v) for k, v in rows.items() if k != "dead_column_log_volume"}}
+    summary = {
+        "seed": args.seed,
+        "sizes": sizes,
+        "log_odds_6_vs_5": rows,
+        "crossings": {
+            k: crossing(sizes, v) for k, v in rows.items() if k != "dead_column_log_volume"
+        },
+    }
     if args.sampled:
         sampled = sampled_log_odds(args.sampled, sizes)
         summary["sampled_log_odds"] = {str(n): v for n, v in sampled.items()}
@@ -225,13 +269,18 @@ def figure(summary):
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sizes = summary["sizes"]
-    names = {"leading_order": "F = nL + λ log n + c", "leading_order_data": "same, this dataset's losses",
-             "laplace": "Laplace, all O(1) terms"}
+    names = {
+        "leading_order": "F = nL + λ log n + c",
+        "leading_order_data": "same, this dataset's losses",
+        "laplace": "Laplace, all O(1) terms",
+    }
     for key, name in names.items():
         ax.plot(sizes, summary["log_odds_6_vs_5"][key], "o-", label=name)
     if "sampled_log_odds" in summary:
         sampled = summary["sampled_log_odds"]
-        ax.plot([int(n) for n in sampled], list(sampled.values()), "ks", ms=8, label="sampled posterior")
+        ax.plot(
+            [int(n) for n in sampled], list(sampled.values()), "ks", ms=8, label="sampled posterior"
+        )
     ax.axhline(0, color="grey", lw=1)
     ax.set_xlabel("number of samples n")
     ax.set_ylabel("log posterior odds, 6-gon vs 5-gon")

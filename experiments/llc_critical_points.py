@@ -1,15 +1,16 @@
-"""λ̂ at every TMS critical point, for a range of n, next to the theoretical λ (Chen et al. Table K.1).
+"""λ̂ at every TMS critical point, for a range of n, next to the theoretical λ (Chen et al.
+Table K.1).
 
-Question: how close is the SGLD estimate λ̂ to the exact learning coefficient at the k^{σ+,σ−}-gons of
-the c = 6 TMS, at finite n (the paper's Table K.1 uses n = 5000 and reports 7.71 / 9.91 / 9.03 for the
-5-gon / 5⁺ / 6-gon, overshooting the exact 7 / 8.5 / 8.5) and in the n → ∞ limit?
+Question: how close is the SGLD estimate λ̂ to the exact learning coefficient at the k^{σ+,σ−}-gons
+of the c = 6 TMS, at finite n (the paper's Table K.1 uses n = 5000 and reports 7.71 / 9.91 / 9.03
+for the 5-gon / 5⁺ / 6-gon, overshooting the exact 7 / 8.5 / 8.5) and in the n → ∞ limit?
 
-Method: for each n, one compiled call (:func:`tmsjax.llc.llc_along_training` with "checkpoints" = the
-catalogue points) estimates λ̂ with the empirical loss on the first n points of one draw (nested
+Method: for each n, one compiled call (:func:`tmsjax.llc.llc_along_training` with "checkpoints" =
+the catalogue points) estimates λ̂ with the empirical loss on the first n points of one draw (nested
 datasets), γ = 1, nβ = n / log n. Each n gets its own unpadded dataset (one compile per n, ~2 s):
 padding every n to the largest would triple the cost on CPU. A second call uses the exact potential
-(:func:`tmsjax.tms.losses.potential_loss`) at large nβ. Theory: λ = (3k − 1)/2 + 3σ⁺/2 for 5 ≤ k ≤ 6;
-unknown for 4-gons.
+(:func:`tmsjax.tms.losses.potential_loss`) at large nβ. Theory: λ = (3k − 1)/2 + 3σ⁺/2 for
+5 ≤ k ≤ 6; unknown for 4-gons.
 
 **Step size.** The discretisation bias of SGLD grows with εk, k ≈ nβ × (Hessian eigenvalue), so a
 fixed ε that is healthy at n = 1000 is not at n = 5000 (nβ 4× larger): the engine's verdict there is
@@ -50,9 +51,14 @@ from tmsjax.tms.model import TMSParams
 
 PRESETS = {
     "smoke": dict(sizes=[50, 100], num_chains=2, num_steps=30, num_burnin=10, max_points=3),
-    "cpu": dict(sizes=[100, 500, 1000, 5000], num_chains=4, num_steps=4000, num_burnin=1000, max_points=18),
+    "cpu": dict(
+        sizes=[100, 500, 1000, 5000], num_chains=4, num_steps=4000, num_burnin=1000, max_points=18
+    ),
     "paper": dict(
-        sizes=[100, 200, 500, 1000, 2000, 5000], num_chains=8, num_steps=8000, num_burnin=2000,
+        sizes=[100, 200, 500, 1000, 2000, 5000],
+        num_chains=8,
+        num_steps=8000,
+        num_burnin=2000,
         max_points=18,
     ),
 }
@@ -65,11 +71,17 @@ def add_arguments(parser):
     parser.add_argument("--num-steps", type=int, help="steps per chain (preset)")
     parser.add_argument("--num-burnin", type=int, help="burn-in steps (preset)")
     parser.add_argument("--max-points", type=int, help="first N catalogue points by loss (preset)")
-    parser.add_argument("--step-size", type=float, default=1e-3, help="ε at n = --reference-n (1000)")
+    parser.add_argument(
+        "--step-size", type=float, default=1e-3, help="ε at n = --reference-n (1000)"
+    )
     parser.add_argument("--reference-n", type=int, default=1000, help="n at which ε = --step-size")
-    parser.add_argument("--fixed-step-size", action="store_true", help="the same ε at every n (no nβ scaling)")
+    parser.add_argument(
+        "--fixed-step-size", action="store_true", help="the same ε at every n (no nβ scaling)"
+    )
     parser.add_argument("--localization", type=float, default=1.0)
-    parser.add_argument("--population-nbeta", type=float, default=1e4, help="nβ on the exact potential")
+    parser.add_argument(
+        "--population-nbeta", type=float, default=1e4, help="nβ on the exact potential"
+    )
 
 
 def check(args):
@@ -85,14 +97,21 @@ def scaled_step_size(step_size: float, reference_n: int, nbeta: float) -> float:
 
 def step_size_for(nbeta: float, args) -> float:
     """The step size at one n: scaled with nβ unless --fixed-step-size."""
-    return args.step_size if args.fixed_step_size else scaled_step_size(args.step_size, args.reference_n, nbeta)
+    return (
+        args.step_size
+        if args.fixed_step_size
+        else scaled_step_size(args.step_size, args.reference_n, nbeta)
+    )
 
 
 def chain_settings(args) -> LLCSettings:
     """The chains' settings at ε = --step-size (each n replaces ε, the exact potential also nβ)."""
     return LLCSettings(
-        step_size=args.step_size, localization=args.localization, num_chains=args.num_chains,
-        num_steps=args.num_steps, num_burnin=args.num_burnin,
+        step_size=args.step_size,
+        localization=args.localization,
+        num_chains=args.num_chains,
+        num_steps=args.num_steps,
+        num_burnin=args.num_burnin,
     )
 
 
@@ -104,7 +123,9 @@ def _healthy_chain_llc(result, index) -> tuple[float, float, int]:
     if not keep.any():
         return float("nan"), float("nan"), 0
     values = per_chain[keep]
-    error = float(np.std(values, ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
+    error = (
+        float(np.std(values, ddof=1) / np.sqrt(values.size)) if values.size > 1 else float("nan")
+    )
     return float(values.mean()), error, int(keep.sum())
 
 
@@ -124,10 +145,15 @@ def main(args):
         nbeta = float(llc.default_nbeta(n))
         step_sizes.append(step_size_for(nbeta, args))
         # The first n rows of one draw: nested datasets, as a growing real dataset.
-        finite.append(llc.llc_along_training(
-            jax.random.fold_in(key_n, n), losses.row_loss, centers, make_dataset(x[:n]),
-            settings.replace(step_size=step_sizes[-1]),
-        ))
+        finite.append(
+            llc.llc_along_training(
+                jax.random.fold_in(key_n, n),
+                losses.row_loss,
+                centers,
+                make_dataset(x[:n]),
+                settings.replace(step_size=step_sizes[-1]),
+            )
+        )
     finite = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *finite)  # (sizes, points, ...)
     # n → ∞: the exact potential at large nβ, with ε·nβ at its reference value (≈ 0.145) so the
     # discretisation bias εk/4 stays a few percent (even with --fixed-step-size: ε = 1e-3 at
@@ -135,7 +161,9 @@ def main(args):
     nbeta = args.population_nbeta
     step_size = scaled_step_size(args.step_size, args.reference_n, nbeta)
     population_settings = settings.replace(
-        nbeta=nbeta, step_size=step_size, num_steps=4 * args.num_steps,
+        nbeta=nbeta,
+        step_size=step_size,
+        num_steps=4 * args.num_steps,
         num_burnin=4 * args.num_burnin,
     )
     population = llc.llc_along_training(
@@ -154,30 +182,49 @@ def main(args):
             row[f"usable_n{n}"] = bool(finite_usable[s, index])
             row[f"acceptance_n{n}"] = float(np.mean(finite.diagnostics.acceptance[s, index]))
             healthy, error, count = _healthy_chain_llc(finite, (s, index))
-            row[f"llc_healthy_chains_n{n}"], row[f"stderr_healthy_chains_n{n}"], row[f"num_healthy_chains_n{n}"] = healthy, error, count
+            (
+                row[f"llc_healthy_chains_n{n}"],
+                row[f"stderr_healthy_chains_n{n}"],
+                row[f"num_healthy_chains_n{n}"],
+            ) = healthy, error, count
         row["llc_population"] = float(population.llc[0, index])
         row["stderr_population"] = float(population.stderr[0, index])
         row["verdict_population"] = str(population_verdicts[0, index])
         row["usable_population"] = bool(population_usable[0, index])
         rows.append(row)
     store.save_arrays(
-        "llc_critical_points", sizes=np.asarray(sizes), labels=np.asarray([p.label for p in points]),
-        step_sizes=np.asarray(step_sizes), llc=np.asarray(finite.llc), stderr=np.asarray(finite.stderr),
-        llc_per_chain=np.asarray(finite.llc_per_chain), llc_population=np.asarray(population.llc[0]),
-        stderr_population=np.asarray(population.stderr[0]), usable=finite_usable,
+        "llc_critical_points",
+        sizes=np.asarray(sizes),
+        labels=np.asarray([p.label for p in points]),
+        step_sizes=np.asarray(step_sizes),
+        llc=np.asarray(finite.llc),
+        stderr=np.asarray(finite.stderr),
+        llc_per_chain=np.asarray(finite.llc_per_chain),
+        llc_population=np.asarray(population.llc[0]),
+        stderr_population=np.asarray(population.stderr[0]),
+        usable=finite_usable,
         **{name: np.asarray(getattr(finite.diagnostics, name)) for name in llc.PROBLEMS},
         acceptance=np.asarray(finite.diagnostics.acceptance),
     )
     paper = {"5": 7.71, "5+": 9.91, "6": 9.03}
     rule = "fixed" if args.fixed_step_size else "eps * min(1, nbeta(reference_n) / nbeta(n))"
     summary = {
-        "question": "λ̂ at each critical point versus theory, for several n and on the exact potential",
+        "question": (
+            "λ̂ at each critical point versus theory, for several n and on the exact potential"
+        ),
         "settings": {
-            "step_size_reference": args.step_size, "reference_n": args.reference_n,
-            "step_size_rule": rule, "step_sizes": dict(zip(map(str, sizes), step_sizes)),
-            "localization": args.localization, "nbeta": "n / log n", "num_chains": args.num_chains,
-            "num_steps": args.num_steps, "num_burnin": args.num_burnin, "population_nbeta": nbeta,
-            "population_step_size": step_size, "sampler": repr(settings.sampler),
+            "step_size_reference": args.step_size,
+            "reference_n": args.reference_n,
+            "step_size_rule": rule,
+            "step_sizes": dict(zip(map(str, sizes), step_sizes)),
+            "localization": args.localization,
+            "nbeta": "n / log n",
+            "num_chains": args.num_chains,
+            "num_steps": args.num_steps,
+            "num_burnin": args.num_burnin,
+            "population_nbeta": nbeta,
+            "population_step_size": step_size,
+            "sampler": repr(settings.sampler),
         },
         "usable_rule": "no chain escaped or blew up (tmsjax.llc.usable)",
         "paper_table_k1_n5000": paper,
@@ -187,8 +234,10 @@ def main(args):
     plot(store, points, sizes, finite, population)
     for row in rows:
         cells = "  ".join(f"n={n}: {row[f'llc_n{n}']:.2f}±{row[f'stderr_n{n}']:.2f}" for n in sizes)
-        print(f"{row['label']:>8}  λ={row['llc_theory']}  {cells}  n=∞: {row['llc_population']:.2f}  "
-              f"[n={sizes[-1]}: {row[f'verdict_n{sizes[-1]}']}; n=∞: {row['verdict_population']}]")
+        print(
+            f"{row['label']:>8}  λ={row['llc_theory']}  {cells}  n=∞: {row['llc_population']:.2f}  "
+            f"[n={sizes[-1]}: {row[f'verdict_n{sizes[-1]}']}; n=∞: {row['verdict_population']}]"
+        )
     return summary
 
 
@@ -200,10 +249,24 @@ def plot(store, points, sizes, finite, population):
     for index, point in enumerate(points):
         if point.llc is None and index >= 6:
             continue  # keep the figure readable: all known-λ points plus the lowest 4-gons
-        line = left.errorbar(sizes, finite.llc[:, index], yerr=finite.stderr[:, index], marker="o", capsize=3, label=point.label)
+        line = left.errorbar(
+            sizes,
+            finite.llc[:, index],
+            yerr=finite.stderr[:, index],
+            marker="o",
+            capsize=3,
+            label=point.label,
+        )
         color = line[0].get_color()
         bad = ~healthy[:, index]
-        left.scatter(np.asarray(sizes)[bad], np.asarray(finite.llc[bad, index]), s=60, facecolor="white", edgecolor=color, zorder=4)
+        left.scatter(
+            np.asarray(sizes)[bad],
+            np.asarray(finite.llc[bad, index]),
+            s=60,
+            facecolor="white",
+            edgecolor=color,
+            zorder=4,
+        )
         if point.llc is not None:
             left.axhline(point.llc, color=color, ls="--", lw=1)
     left.set_xscale("log")
@@ -212,17 +275,37 @@ def plot(store, points, sizes, finite, population):
     left.set_title("λ̂ versus n (dashed: exact λ; hollow: not usable, a chain escaped)")
     left.legend(fontsize=8, ncol=2)
     x = np.arange(len(points))
-    values = {"exact potential": np.asarray(population.llc[0]), f"n = {sizes[-1]}": np.asarray(finite.llc[-1])}
-    errors = {"exact potential": np.asarray(population.stderr[0]), f"n = {sizes[-1]}": np.asarray(finite.stderr[-1])}
+    values = {
+        "exact potential": np.asarray(population.llc[0]),
+        f"n = {sizes[-1]}": np.asarray(finite.llc[-1]),
+    }
+    errors = {
+        "exact potential": np.asarray(population.stderr[0]),
+        f"n = {sizes[-1]}": np.asarray(finite.stderr[-1]),
+    }
     # Escaped chains at the σ⁻ saddles give λ̂ of −10² to −10³: clip the axis to the meaningful range
     # and print the clipped values, rather than let them flatten the bars that matter.
     floor = -6.0
     for offset, name in ((-0.2, "exact potential"), (0.2, f"n = {sizes[-1]}")):
-        right.bar(x + offset, np.maximum(values[name], floor), 0.4, yerr=np.where(values[name] > floor, errors[name], 0),
-                  label=f"λ̂, {name}", capsize=2)
+        right.bar(
+            x + offset,
+            np.maximum(values[name], floor),
+            0.4,
+            yerr=np.where(values[name] > floor, errors[name], 0),
+            label=f"λ̂, {name}",
+            capsize=2,
+        )
         for i in np.flatnonzero(values[name] <= floor):
-            right.annotate(f"{values[name][i]:.0f}", (x[i] + offset, floor), xytext=(0, 2), textcoords="offset points",
-                           rotation=90, fontsize=6, ha="center", va="bottom")
+            right.annotate(
+                f"{values[name][i]:.0f}",
+                (x[i] + offset, floor),
+                xytext=(0, 2),
+                textcoords="offset points",
+                rotation=90,
+                fontsize=6,
+                ha="center",
+                va="bottom",
+            )
     theory = [p.llc if p.llc is not None else np.nan for p in points]
     right.scatter(x, theory, color="k", marker="_", s=400, zorder=3, label="exact λ")
     right.axhline(0, color="k", lw=0.6)

@@ -2,13 +2,20 @@
 
 ``key_numbers(summaries)`` reads each experiment's summary.json and returns rows
 ``{experiment, quantity, tmsjax, paper, note}``; ``render`` writes them and embeds the figures.
-Paper values are those of Chen et al. (2023) as collected in docs/paper_numbers.md; quantities the paper
-does not print have paper = None.
+Paper values are those of Chen et al. (2023) as collected in docs/paper_numbers.md; quantities the
+paper does not print have paper = None.
 """
 
 from pathlib import Path
 
-PAPER_LOSSES_C6 = {"6": 0.04819, "5+": 0.06180, "5": 0.06874, "4++": 0.09722, "4+": 0.10417, "4": 0.11111}
+PAPER_LOSSES_C6 = {
+    "6": 0.04819,
+    "5+": 0.06180,
+    "5": 0.06874,
+    "4++": 0.09722,
+    "4+": 0.10417,
+    "4": 0.11111,
+}
 PAPER_LLC = {"6": 8.5, "5+": 8.5, "5": 7.0}
 
 
@@ -16,9 +23,23 @@ def _critical_points(summary):
     rows = []
     for record in summary.get("catalogues", {}).get("6", []):
         if record["label"] in PAPER_LOSSES_C6:
-            rows.append(("loss " + record["label"], round(record["loss"], 5), PAPER_LOSSES_C6[record["label"]], ""))
+            rows.append(
+                (
+                    "loss " + record["label"],
+                    round(record["loss"], 5),
+                    PAPER_LOSSES_C6[record["label"]],
+                    "",
+                )
+            )
         if record["label"] in PAPER_LLC:
-            rows.append(("λ (Hessian rank / 2) " + record["label"], record["hessian_rank"] / 2, PAPER_LLC[record["label"]], "exact"))
+            rows.append(
+                (
+                    "λ (Hessian rank / 2) " + record["label"],
+                    record["hessian_rank"] / 2,
+                    PAPER_LLC[record["label"]],
+                    "exact",
+                )
+            )
     if "num_points" in summary and "6" in summary["num_points"]:
         rows.append(("critical points at c = 6", summary["num_points"]["6"], 18, ""))
     return rows
@@ -26,12 +47,29 @@ def _critical_points(summary):
 
 def _sgd_plateaus(summary):
     rows = [
-        ("fraction of plateaus within 1e-3 of a catalogue level", summary["fraction_plateaus_on_level"], None, f"{summary['num_plateaus']} plateaus, {summary['num_runs']} runs"),
-        ("runs with a multi-step path (e.g. 4 → 4⁺ → 5)", summary["num_runs_multi_step_path"], None, "paper: seen, e.g. 4 → 4⁺ → 5"),
+        (
+            "fraction of plateaus within 1e-3 of a catalogue level",
+            summary["fraction_plateaus_on_level"],
+            None,
+            f"{summary['num_plateaus']} plateaus, {summary['num_runs']} runs",
+        ),
+        (
+            "runs with a multi-step path (e.g. 4 → 4⁺ → 5)",
+            summary["num_runs_multi_step_path"],
+            None,
+            "paper: seen, e.g. 4 → 4⁺ → 5",
+        ),
     ]
     for path, count in summary.get("path_counts", {}).items():
         rows.append((f"path {path}", count, None, "runs"))
-    rows.append(("runs reaching the 6-gon", summary.get("final_phase_counts", {}).get("6", 0), 0, "5 → 6 not seen dynamically"))
+    rows.append(
+        (
+            "runs reaching the 6-gon",
+            summary.get("final_phase_counts", {}).get("6", 0),
+            0,
+            "5 → 6 not seen dynamically",
+        )
+    )
     return rows
 
 
@@ -47,16 +85,35 @@ def _llc_critical_points(summary):
         if record.get("llc_theory") is None:
             continue
         if "llc_n5000" in record:
-            rows.append((f"λ̂ {label}, n = 5000", record["llc_n5000"], paper.get(label), f"± {record['stderr_n5000']:.2f}, {record['verdict_n5000']}"))
+            rows.append(
+                (
+                    f"λ̂ {label}, n = 5000",
+                    record["llc_n5000"],
+                    paper.get(label),
+                    f"± {record['stderr_n5000']:.2f}, {record['verdict_n5000']}",
+                )
+            )
         if "llc_population" in record:
-            rows.append((f"λ̂ {label}, exact potential", record["llc_population"], record["llc_theory"], f"± {record['stderr_population']:.2f}, theory {record['llc_theory']}"))
+            rows.append(
+                (
+                    f"λ̂ {label}, exact potential",
+                    record["llc_population"],
+                    record["llc_theory"],
+                    f"± {record['stderr_population']:.2f}, theory {record['llc_theory']}",
+                )
+            )
     return rows
 
 
 def _llc_trajectories(summary):
     rows = [
         ("observed transitions", summary["num_transitions"], None, ""),
-        ("transitions with ΔL < 0 and Δλ̂ > 0 (BAH)", summary["num_consistent_with_bah"], None, "paper: not falsified"),
+        (
+            "transitions with ΔL < 0 and Δλ̂ > 0 (BAH)",
+            summary["num_consistent_with_bah"],
+            None,
+            "paper: not falsified",
+        ),
     ]
     return rows
 
@@ -64,8 +121,22 @@ def _llc_trajectories(summary):
 def _bayesian_transitions(summary):
     theory = summary.get("theoretical_crossings", {})
     empirical = summary.get("empirical_crossings", {})
-    rows = [("n_c 5 → 6 (theory, leading order)", theory.get("5->6"), None, "F ≈ nL + λ log n + ½‖w*‖², paper: ≈ 601")]
-    rows.append(("n_c 5 → 6 (NUTS, empirical)", empirical.get("5->6"), "600–700", "paper's NUTS curves cross between 600 and 700"))
+    rows = [
+        (
+            "n_c 5 → 6 (theory, leading order)",
+            theory.get("5->6"),
+            None,
+            "F ≈ nL + λ log n + ½‖w*‖², paper: ≈ 601",
+        )
+    ]
+    rows.append(
+        (
+            "n_c 5 → 6 (NUTS, empirical)",
+            empirical.get("5->6"),
+            "600–700",
+            "paper's NUTS curves cross between 600 and 700",
+        )
+    )
     rows.append(("n_c 5⁺ → 6 (theory)", theory.get("5+->6"), None, "paper: ≈ 202"))
     diagnostics = summary.get("diagnostics", {})
     if "total_divergent" in diagnostics:
@@ -83,7 +154,15 @@ def _detect_transitions(summary):
         best = max(probes.items(), key=lambda item: item[1]["f1"])
         loss_rows = {k: v for k, v in table.items() if k.startswith("baseline_loss")}
         loss_best = max((v["f1"] for v in loss_rows.values()), default=None)
-        rows.append((f"{family}: best detector F1 (tol {tolerance} decades)", best[1]["f1"], None, f"{best[0]}; best loss-only baseline {loss_best if loss_best is None else round(loss_best, 2)}"))
+        loss_note = loss_best if loss_best is None else round(loss_best, 2)
+        rows.append(
+            (
+                f"{family}: best detector F1 (tol {tolerance} decades)",
+                best[1]["f1"],
+                None,
+                f"{best[0]}; best loss-only baseline {loss_note}",
+            )
+        )
     return rows
 
 
@@ -109,7 +188,15 @@ def key_numbers(summaries: dict) -> list[dict]:
         except (KeyError, TypeError, ValueError) as error:
             extracted = [("(could not read summary)", str(error), None, "")]
         for quantity, ours, paper, note in extracted:
-            rows.append({"experiment": name, "quantity": quantity, "tmsjax": ours, "paper": paper, "note": note})
+            rows.append(
+                {
+                    "experiment": name,
+                    "quantity": quantity,
+                    "tmsjax": ours,
+                    "paper": paper,
+                    "note": note,
+                }
+            )
     return rows
 
 
@@ -127,11 +214,20 @@ def render(root: Path, status: dict, rows: list[dict]) -> str:
     for name, info in status.items():
         seconds = "" if info.get("seconds") is None else f"{info['seconds']:.0f}"
         lines.append(f"| {name} | {info['status']} | {seconds} |")
-    lines += ["", "## Key numbers next to the paper's", "", "| experiment | quantity | tmsjax | paper | note |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Key numbers next to the paper's",
+        "",
+        "| experiment | quantity | tmsjax | paper | note |",
+        "|---|---|---|---|---|",
+    ]
     notes = [row for row in rows if row["quantity"] == "note"]
     for row in rows:
         if row["quantity"] != "note":
-            lines.append(f"| {row['experiment']} | {row['quantity']} | {_fmt(row['tmsjax'])} | {_fmt(row['paper'])} | {row['note']} |")
+            lines.append(
+                f"| {row['experiment']} | {row['quantity']} | {_fmt(row['tmsjax'])} "
+                f"| {_fmt(row['paper'])} | {row['note']} |"
+            )
     if notes:
         lines += ["", "## What differs, and why", ""]
         lines += [f"**{row['experiment']}.** {row['tmsjax']}" for row in notes]
@@ -139,7 +235,14 @@ def render(root: Path, status: dict, rows: list[dict]) -> str:
     if failures:
         lines += ["", "## Failures", ""]
         for name, info in failures.items():
-            lines += [f"### {name}", "", "```", info.get("traceback", info.get("error", "")), "```", ""]
+            lines += [
+                f"### {name}",
+                "",
+                "```",
+                info.get("traceback", info.get("error", "")),
+                "```",
+                "",
+            ]
     lines += ["", "## Figures", ""]
     for name in status:
         folder = root / name

@@ -34,10 +34,18 @@ EXPERIMENTS = [
     ("critical_points", {}, {}),
     ("sgd_plateaus", {}, {}),
     ("llc_trajectories", {"source": "{root}/sgd_plateaus"}, {}),
-    ("developmental_stages", {"source": "{root}/sgd_plateaus", "llc": "{root}/llc_trajectories"}, {}),
+    (
+        "developmental_stages",
+        {"source": "{root}/sgd_plateaus", "llc": "{root}/llc_trajectories"},
+        {},
+    ),
     ("llc_critical_points", {}, {}),
     ("llc_grid", {}, {}),
-    ("bayesian_transitions", {}, {"sizes": "250,350,450,550,650,800", "num_warmup": 300, "num_samples": 300}),
+    (
+        "bayesian_transitions",
+        {},
+        {"sizes": "250,350,450,550,650,800", "num_warmup": 300, "num_samples": 300},
+    ),
     ("detect_transitions", {}, {}),
 ]
 NAMES = [name for name, *_ in EXPERIMENTS]
@@ -62,7 +70,16 @@ def _run_one(name: str, inputs: dict, cpu_settings: dict, out: Path, args) -> di
     overrides = {key: value.replace("{root}", str(out.parent)) for key, value in inputs.items()}
     if args.preset == "cpu":
         overrides.update(cpu_settings)
-    module.main(common.configure(module, out, preset=args.preset, seed=args.seed, no_progress=args.no_progress, **overrides))
+    module.main(
+        common.configure(
+            module,
+            out,
+            preset=args.preset,
+            seed=args.seed,
+            no_progress=args.no_progress,
+            **overrides,
+        )
+    )
     return json.loads((out / "summary.json").read_text())
 
 
@@ -71,7 +88,11 @@ def main(args) -> dict:
     store = ResultStore(root)
     # --only picks what runs now, not what the folder holds: a later run may add the rest.
     store.write_config({k: v for k, v in common.settings(args).items() if k != "only"})
-    selected = EXPERIMENTS if args.only is None else [e for e in EXPERIMENTS if e[0] in args.only.split(",")]
+    selected = (
+        EXPERIMENTS
+        if args.only is None
+        else [e for e in EXPERIMENTS if e[0] in args.only.split(",")]
+    )
     status = {}
     bar = tqdm(selected, desc="reproduce", unit="experiment", disable=not args.progress)
     for name, inputs, cpu_settings in bar:
@@ -89,9 +110,16 @@ def main(args) -> dict:
             status[name] = {"status": "ok", "seconds": time.perf_counter() - start}
         except KeyboardInterrupt:
             raise
-        except (Exception, SystemExit) as error:  # reported (argparse exits too); the others still run
-            status[name] = {"status": "failed", "error": f"{type(error).__name__}: {error}",
-                            "traceback": traceback.format_exc(), "seconds": time.perf_counter() - start}
+        except (
+            Exception,
+            SystemExit,
+        ) as error:  # reported (argparse exits too); the others still run
+            status[name] = {
+                "status": "failed",
+                "error": f"{type(error).__name__}: {error}",
+                "traceback": traceback.format_exc(),
+                "seconds": time.perf_counter() - start,
+            }
             tqdm.write(f"[reproduce] {name} failed: {error}")
     summaries = {
         name: json.loads((root / name / "summary.json").read_text())

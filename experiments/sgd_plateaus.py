@@ -7,10 +7,10 @@ such as 4 → 4⁺ → 5 (never 5 → 6). Do we see the same, and how often?
 
 Method:
 
-- an ensemble of runs in one jitted, vmapped program (:func:`tmsjax.tms.sgd.train`): each run its own
-  initialisation near a 4-gon (radius U[0.9, 1], random rotation and feature order, N(0, 0.01²) noise,
-  biases U[−0.01, 0.01]) and its own minibatch stream, all on one dataset of n = 1000 draws from the
-  high-sparsity-limit distribution; plain SGD, batch 20, learning rate 0.005, 225 000 steps
+- an ensemble of runs in one jitted, vmapped program (:func:`tmsjax.tms.sgd.train`): each run its
+  own initialisation near a 4-gon (radius U[0.9, 1], random rotation and feature order, N(0, 0.01²)
+  noise, biases U[−0.01, 0.01]) and its own minibatch stream, all on one dataset of n = 1000 draws
+  from the high-sparsity-limit distribution; plain SGD, batch 20, learning rate 0.005, 225 000 steps
   (4500 epochs); checkpoints on a log-spaced schedule (parameters, L_n, exact potential L);
 - every checkpoint classified by :func:`tmsjax.tms.phases.classify_batch` (geometry);
 - plateaus found from the exact potential alone, then compared with the catalogue levels, and paths,
@@ -19,8 +19,8 @@ Method:
 
 Writes ``DIR/config.json``, ``DIR/trajectory.npz`` (steps, W, b, train and exact losses, phase ids:
 the layout the LLC engine and ``experiments.developmental_stages`` read), ``DIR/summary.json``
-(paths, transition counts, plateau losses vs catalogue losses, final phases), ``DIR/loss_curves.png``
-and ``DIR/transition_graph.png``.
+(paths, transition counts, plateau losses vs catalogue losses, final phases),
+``DIR/loss_curves.png`` and ``DIR/transition_graph.png``.
 
 References:
   Chen, Lau, Mendel, Wei, Murfet (2023), "Dynamical versus Bayesian phase transitions in a toy model
@@ -57,11 +57,15 @@ PRESETS = {
 def add_arguments(parser):
     parser.add_argument("--num-runs", type=int, default=None, help="number of SGD runs (preset)")
     parser.add_argument("--num-steps", type=int, default=None, help="SGD steps per run (preset)")
-    parser.add_argument("--num-checkpoints", type=int, default=None, help="log-spaced checkpoints per run (preset)")
+    parser.add_argument(
+        "--num-checkpoints", type=int, default=None, help="log-spaced checkpoints per run (preset)"
+    )
     parser.add_argument("--num-data", type=int, default=1000, help="dataset size n")
     parser.add_argument("--num-features", type=int, default=6, help="number of features c")
     parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--learning-rate", type=float, default=0.005, help="learning rate of plain SGD")
+    parser.add_argument(
+        "--learning-rate", type=float, default=0.005, help="learning rate of plain SGD"
+    )
     parser.add_argument("--objective", choices=["empirical", "population"], default="empirical")
     parser.add_argument("--sampling", choices=["replacement", "epoch"], default="replacement")
 
@@ -69,7 +73,9 @@ def add_arguments(parser):
 def check(args):
     for name in ("num_runs", "num_steps", "num_checkpoints", "num_data", "batch_size"):
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}"
+            )
     if args.num_features < 4:
         raise ValueError("--num-features must be at least 4 (the k-gon catalogue starts at 4-gons)")
 
@@ -80,26 +86,41 @@ def _keys(seed: int):
 
 
 def ensemble_dataset(settings: dict) -> Dataset:
-    """The dataset the ensemble with these settings trains on (``args`` as a dict, or its config.json)."""
+    """The dataset the ensemble with these settings trains on (``args`` as a dict, or its
+    config.json)."""
     key_data, _, _ = _keys(settings["seed"])
-    return make_dataset(sample_sparse_limit(key_data, settings["num_data"], settings["num_features"]))
+    return make_dataset(
+        sample_sparse_limit(key_data, settings["num_data"], settings["num_features"])
+    )
 
 
 def run_ensemble(args, store=None):
-    """Trains the ensemble described by `args`; returns (Trajectory, phase ids (runs, T), labels)."""
+    """Trains the ensemble described by `args`; returns (Trajectory, phase ids (runs, T),
+    labels)."""
     _, key_init, key_runs = _keys(args.seed)
     dataset = ensemble_dataset(vars(args))
     params = init_kgon_ensemble(key_init, args.num_runs, args.num_features)
     mesh = grid_mesh() if jax.device_count() > 1 else None
     trajectory = train(
-        jax.random.split(key_runs, args.num_runs), params, dataset, num_steps=args.num_steps, learning_rate=args.learning_rate,
-        batch_size=args.batch_size, objective=args.objective, sampling=args.sampling,
-        num_checkpoints=args.num_checkpoints, store=store, name="chunks", progress=args.progress, mesh=mesh,
+        jax.random.split(key_runs, args.num_runs),
+        params,
+        dataset,
+        num_steps=args.num_steps,
+        learning_rate=args.learning_rate,
+        batch_size=args.batch_size,
+        objective=args.objective,
+        sampling=args.sampling,
+        num_checkpoints=args.num_checkpoints,
+        store=store,
+        name="chunks",
+        progress=args.progress,
+        mesh=mesh,
     )
     W, b = trajectory.params
     runs, num_checkpoints = trajectory.train_loss.shape
     finite = np.isfinite(W).all(axis=(-1, -2)) & np.isfinite(b).all(axis=-1)
-    # The classifier rejects NaN inputs; diverged checkpoints are classified as zeros and relabelled.
+    # The classifier rejects NaN inputs; diverged checkpoints are classified as zeros and
+    # relabelled.
     W_safe = np.where(finite[..., None, None], W, 0.0).reshape(-1, *W.shape[2:])
     b_safe = np.where(finite[..., None], b, -1.0).reshape(-1, b.shape[-1])
     result = classify_batch(W_safe, b_safe)
@@ -112,20 +133,32 @@ def loss_figure(steps, losses, analysis, critical_points, title):
     """Loss curves against steps (log x), coloured by final phase, with the energy levels named."""
     import matplotlib.pyplot as plt
 
-
     finals = [run.final_label for run in analysis.runs]
     order = [p.label for p in critical_points] + ["unknown", "diverged"]
-    present = sorted(set(finals), key=lambda label: order.index(label) if label in order else len(order))
+    present = sorted(
+        set(finals), key=lambda label: order.index(label) if label in order else len(order)
+    )
     # Phases of one k share a hue in phase_colors; a qualitative palette keeps the curves apart.
     palette = plt.get_cmap("tab10")
-    colors = {label: palette(i % 10) for i, label in enumerate(present)} | {"unknown": (0.5, 0.5, 0.5, 1), "diverged": (0, 0, 0, 1)}
+    colors = {label: palette(i % 10) for i, label in enumerate(present)} | {
+        "unknown": (0.5, 0.5, 0.5, 1),
+        "diverged": (0, 0, 0, 1),
+    }
     fig, ax = plt.subplots(figsize=(9, 5.5))
     x = np.maximum(steps, 1)  # step 0 drawn at 1 on the log axis
     for label in present:
         members = [r for r, final in enumerate(finals) if final == label]
         for i, r in enumerate(members):
-            ax.plot(x, losses[r], color=colors.get(label, "k"), lw=0.9, alpha=0.75,
-                    label=f"final phase {pretty_label(label)} ({len(members)} runs)" if i == 0 else None)
+            ax.plot(
+                x,
+                losses[r],
+                color=colors.get(label, "k"),
+                lw=0.9,
+                alpha=0.75,
+                label=f"final phase {pretty_label(label)} ({len(members)} runs)"
+                if i == 0
+                else None,
+            )
     plateau_losses = [p.loss for p in analysis.plateaus]
     finite = losses[np.isfinite(losses)]
     top = float(np.quantile(finite, 0.995)) + 0.004 if finite.size else 0.2
@@ -143,9 +176,9 @@ def loss_figure(steps, losses, analysis, critical_points, title):
 
 
 def transition_graph_figure(analysis, critical_points, title):
-    """Phases as nodes at their energy level (one column per k), arrows weighted by transition counts."""
+    """Phases as nodes at their energy level (one column per k), arrows weighted by transition
+    counts."""
     import matplotlib.pyplot as plt
-
 
     counts = analysis.transition_counts(include_initial=True)
     visits = {}
@@ -169,20 +202,54 @@ def transition_graph_figure(analysis, critical_points, title):
         if a not in by_label or b not in by_label:
             continue
         (x0, y0), (x1, y1) = position(a), position(b)
-        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), zorder=1,
-                    arrowprops=dict(arrowstyle="-|>", lw=0.8 + 6 * n / total, color="0.35", shrinkA=22, shrinkB=22,
-                                    mutation_scale=16, connectionstyle="arc3,rad=0.12"))
-        ax.text((x0 + x1) / 2, (y0 + y1) / 2, f"{n}", fontsize=10, color="0.1", ha="center", va="center",
-                bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.6"), zorder=3)
+        ax.annotate(
+            "",
+            xy=(x1, y1),
+            xytext=(x0, y0),
+            zorder=1,
+            arrowprops=dict(
+                arrowstyle="-|>",
+                lw=0.8 + 6 * n / total,
+                color="0.35",
+                shrinkA=22,
+                shrinkB=22,
+                mutation_scale=16,
+                connectionstyle="arc3,rad=0.12",
+            ),
+        )
+        ax.text(
+            (x0 + x1) / 2,
+            (y0 + y1) / 2,
+            f"{n}",
+            fontsize=10,
+            color="0.1",
+            ha="center",
+            va="center",
+            bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="0.6"),
+            zorder=3,
+        )
     for label in nodes:
         x, y = position(label)
         size = 250 + 1500 * visits[label] / total
         ax.scatter([x], [y], s=size, color=colors[label], edgecolor="k", zorder=2)
-        ax.annotate(f"{pretty_label(label)}  ({visits[label]} runs)", (x, y), xytext=(0, np.sqrt(size) / 2 + 3),
-                    textcoords="offset points", ha="center", va="bottom", fontsize=9)
+        ax.annotate(
+            f"{pretty_label(label)}  ({visits[label]} runs)",
+            (x, y),
+            xytext=(0, np.sqrt(size) / 2 + 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
     off = sum(n for (a, b), n in counts.items() if a not in by_label or b not in by_label)
     if off:
-        ax.text(0.01, 0.01, f"{off} transitions to/from off-catalogue plateaus not drawn", transform=ax.transAxes, fontsize=8)
+        ax.text(
+            0.01,
+            0.01,
+            f"{off} transitions to/from off-catalogue plateaus not drawn",
+            transform=ax.transAxes,
+            fontsize=8,
+        )
     xs = [position(label)[0] for label in nodes] or [0]
     ys = [position(label)[1] for label in nodes] or [0]
     ax.set_xlim(min(xs) - 0.8, max(xs) + 1.6)
@@ -204,32 +271,67 @@ def main(args):
     elapsed = time.perf_counter() - start
     W, b = trajectory.params
     store.save_arrays(
-        "trajectory", steps=trajectory.steps, W=W, b=b, train_loss=trajectory.train_loss,
-        population_loss=trajectory.population_loss, is_finite=trajectory.is_finite, phase_ids=ids,
+        "trajectory",
+        steps=trajectory.steps,
+        W=W,
+        b=b,
+        train_loss=trajectory.train_loss,
+        population_loss=trajectory.population_loss,
+        is_finite=trajectory.is_finite,
+        phase_ids=ids,
         phase_table=np.asarray(table),
     )
     labels = np.asarray(table, dtype=object)[ids]
-    analysis = analyse_runs(trajectory.steps, trajectory.population_loss, num_features=args.num_features, phase_labels=labels)
+    analysis = analyse_runs(
+        trajectory.steps,
+        trajectory.population_loss,
+        num_features=args.num_features,
+        phase_labels=labels,
+    )
     points = critical_points(args.num_features)
     summary = analysis.summary()
     summary["transitions_per_run"] = np.bincount(analysis.num_transitions(True)).tolist()
-    summary["classifier_final_phase_counts"] = dict(zip(*np.unique(labels[:, -1], return_counts=True)))
+    summary["classifier_final_phase_counts"] = dict(
+        zip(*np.unique(labels[:, -1], return_counts=True))
+    )
     summary["num_diverged_runs"] = int((~trajectory.is_finite[:, -1]).sum())
     # Wall time of this invocation (compilation, any chunks resumed from disk, classification):
     # throughput is measured in benchmarks/sgd_ensemble.py, not here.
     summary["ensemble_seconds"] = elapsed
     summary["catalogue"] = {p.label: p.loss for p in points}
     summary["runs"] = [
-        {"path": " -> ".join(run.path), "plateaus": [[p.start_step, p.stop_step, p.loss, p.label, p.phase_label] for p in run.plateaus]}
+        {
+            "path": " -> ".join(run.path),
+            "plateaus": [
+                [p.start_step, p.stop_step, p.loss, p.label, p.phase_label] for p in run.plateaus
+            ],
+        }
         for run in analysis.runs[:200]
     ]
     store.write_summary(summary)
-    what = f"c = {args.num_features}, n = {args.num_data}, batch {args.batch_size}, lr {args.learning_rate}" if args.objective == "empirical" else f"c = {args.num_features}, exact potential, lr {args.learning_rate}"
+    what = (
+        f"c = {args.num_features}, n = {args.num_data}, batch {args.batch_size}, "
+        f"lr {args.learning_rate}"
+        if args.objective == "empirical"
+        else f"c = {args.num_features}, exact potential, lr {args.learning_rate}"
+    )
     title = f"SGD from near a 4-gon: {args.num_runs} runs ({what})"
-    store.save_figure("loss_curves", loss_figure(trajectory.steps, trajectory.population_loss, analysis, points, title))
-    store.save_figure("transition_graph", transition_graph_figure(analysis, points, f"Dynamical transitions between energy levels ({args.num_runs} runs; edge: number of runs)"))
+    store.save_figure(
+        "loss_curves",
+        loss_figure(trajectory.steps, trajectory.population_loss, analysis, points, title),
+    )
+    store.save_figure(
+        "transition_graph",
+        transition_graph_figure(
+            analysis,
+            points,
+            f"Dynamical transitions between energy levels ({args.num_runs} runs; "
+            "edge: number of runs)",
+        ),
+    )
     print(
-        f"{args.num_runs} runs × {args.num_steps} steps in {elapsed:.1f} s; {summary['num_plateaus']} plateaus, "
+        f"{args.num_runs} runs × {args.num_steps} steps in {elapsed:.1f} s; "
+        f"{summary['num_plateaus']} plateaus, "
         f"{100 * summary['fraction_plateaus_on_level']:.1f}% within 1e-3 of a catalogue level; "
         f"paths {summary['path_counts']}; wrote {args.out}"
     )

@@ -25,7 +25,8 @@ def x64():
 
 @pytest.fixture
 def key(request):
-    """A PRNG key whose seed is printed on failure (derived from the test's name, not hunted for)."""
+    """A PRNG key whose seed is printed on failure (derived from the test's name, not hunted
+    for)."""
     seed = zlib.crc32(request.node.name.encode()) % (2**31)
     request.node.user_properties.append(("seed", seed))
     print(f"[key fixture] seed={seed}")

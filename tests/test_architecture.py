@@ -1,5 +1,6 @@
 """The house rules that keep tmsjax two wings: the generic engine never imports the TMS wing, and no
-module hides an import inside a function to dodge one. Also: a user's own model never loads the TMS."""
+module hides an import inside a function to dodge one. Also: a user's own model never loads the
+TMS."""
 
 import ast
 import pathlib
@@ -25,7 +26,9 @@ def _imports(tree: ast.AST):
                 yield alias.name, node.lineno, id(node) in top
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                raise AssertionError(f"relative import at line {node.lineno}: use absolute tmsjax imports")
+                raise AssertionError(
+                    f"relative import at line {node.lineno}: use absolute tmsjax imports"
+                )
             module = node.module or ""
             # `from tmsjax import tms` imports the module tmsjax.tms.
             for alias in node.names:
@@ -52,10 +55,20 @@ def test_generic_engine_never_imports_the_tms_wing():
 
 def test_no_tmsjax_import_is_hidden_inside_a_function():
     offenders = []
-    for path in sorted([*_package_files(), *(ROOT / "experiments").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]):
+    for path in sorted(
+        [
+            *_package_files(),
+            *(ROOT / "experiments").glob("*.py"),
+            *(ROOT / "benchmarks").glob("*.py"),
+        ]
+    ):
         for name, line, at_top in _imports(ast.parse(path.read_text())):
-            if not at_top and (name == "tmsjax" or name.startswith("tmsjax.") or name.startswith("experiments")):
-                offenders.append(f"{path.relative_to(ROOT)}:{line} imports {name} inside a function")
+            if not at_top and (
+                name == "tmsjax" or name.startswith("tmsjax.") or name.startswith("experiments")
+            ):
+                offenders.append(
+                    f"{path.relative_to(ROOT)}:{line} imports {name} inside a function"
+                )
     assert not offenders, "\n".join(sorted(set(offenders)))
 
 
@@ -86,6 +99,8 @@ def test_readme_llc_example_runs_without_loading_the_tms_wing(heading):
         print("NO_TMS_LOADED")
         """
     )
-    result = subprocess.run([sys.executable, "-c", code + check], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", code + check], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "NO_TMS_LOADED" in result.stdout

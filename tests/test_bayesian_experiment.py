@@ -7,12 +7,29 @@ import sys
 
 def test_bayesian_transitions_smoke(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "experiments.bayesian_transitions", "--smoke", "--out", str(tmp_path), "--no-progress"],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "experiments.bayesian_transitions",
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        check=True,
+        capture_output=True,
     )
     summary = json.loads((tmp_path / "summary.json").read_text())
-    for key in ("occupancy", "occupancy_stderr", "theoretical_occupancy", "theoretical_crossings",
-                "empirical_crossings", "theory_leading_order", "crossing_note", "diagnostics"):
+    for key in (
+        "occupancy",
+        "occupancy_stderr",
+        "theoretical_occupancy",
+        "theoretical_crossings",
+        "empirical_crossings",
+        "theory_leading_order",
+        "crossing_note",
+        "diagnostics",
+    ):
         assert key in summary, key
     assert summary["sizes"] == [200, 600]
     assert abs(summary["theoretical_crossings"]["5->6"] - 601) < 1

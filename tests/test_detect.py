@@ -1,4 +1,5 @@
-"""Change-point detection finds injected transitions; the matched scorer counts hand-made cases right."""
+"""Change-point detection finds injected transitions; the matched scorer counts hand-made cases
+right."""
 
 import jax
 import numpy as np
@@ -14,11 +15,15 @@ def _sigmoid(center, width=0.03):
     return 1.0 / (1.0 + np.exp(-(U - center) / width))
 
 
-@pytest.mark.parametrize("method, signal", [("pelt", "rate"), ("pelt", "level"), ("binseg", "level")])
+@pytest.mark.parametrize(
+    "method, signal", [("pelt", "rate"), ("pelt", "level"), ("binseg", "level")]
+)
 def test_finds_an_injected_step_on_a_drift(method, signal):
     rng = np.random.default_rng(0)
     series = _sigmoid(2.5) + 0.1 * U + 0.01 * rng.normal(size=U.size)
-    found = changepoints.detect_changepoints(STEPS, series, method=method, signal=signal, window=(10, 1e4))
+    found = changepoints.detect_changepoints(
+        STEPS, series, method=method, signal=signal, window=(10, 1e4)
+    )
     assert found.steps.size >= 1
     nearest = np.min(np.abs(np.log10(found.steps) - 2.5))
     assert nearest < 0.1
@@ -40,7 +45,12 @@ def test_series_linear_in_log_step_gives_no_detection(window, method, signal):
     # A straight line in log-step has a constant rate: no transition anywhere, window edges included
     # (smoothing on the window alone bends the line at its edges and used to fire there).
     line = 2.0 - 0.7 * U
-    assert changepoints.detect_changepoints(STEPS, line, window=window, method=method, signal=signal).steps.size == 0
+    assert (
+        changepoints.detect_changepoints(
+            STEPS, line, window=window, method=method, signal=signal
+        ).steps.size
+        == 0
+    )
     assert changepoints.detect_slope_sign_changes(STEPS, line, window=window).steps.size == 0
 
 
@@ -48,7 +58,9 @@ def test_slope_sign_rule_finds_the_peak_of_a_bump():
     bump = np.exp(-((U - 2.0) ** 2) / (2 * 0.3**2))
     found = changepoints.detect_slope_sign_changes(STEPS, bump)
     np.testing.assert_allclose(np.log10(found.steps), [2.0], atol=0.05)
-    assert changepoints.detect_slope_sign_changes(STEPS, U).steps.size == 0  # monotone: no stage boundary
+    assert (
+        changepoints.detect_slope_sign_changes(STEPS, U).steps.size == 0
+    )  # monotone: no stage boundary
 
 
 @pytest.mark.parametrize(
@@ -72,8 +84,11 @@ def test_match_events_hand_made(detected, true, tolerance, matched):
 
 
 def test_score_detections_precision_recall_f1():
-    scores = changepoints.score_detections([[100, 1000, 5000], []], [[100, 1000], [300]], tolerances=[0.01, 1.0])
-    # τ = 0.01: 2 matches of 3 detections and 3 truths; τ = 1: 5000 matches 300? no, 300 is in run 2.
+    scores = changepoints.score_detections(
+        [[100, 1000, 5000], []], [[100, 1000], [300]], tolerances=[0.01, 1.0]
+    )
+    # τ = 0.01: 2 matches of 3 detections and 3 truths; τ = 1: 5000 matches 300? no, 300 is in
+    # run 2.
     np.testing.assert_allclose(scores.precision, [2 / 3, 2 / 3])
     np.testing.assert_allclose(scores.recall, [2 / 3, 2 / 3])
     np.testing.assert_allclose(scores.f1, [2 / 3, 2 / 3])
@@ -89,7 +104,10 @@ def test_baselines(key):
     assert random.steps.size == 5 and np.all((random.steps >= 10) & (random.steps <= 1e4))
     again = changepoints.random_events(key, (10, 1e4), 5)
     np.testing.assert_array_equal(random.steps, again.steps)
-    assert changepoints.random_events(jax.random.fold_in(key, 1), (10, 1e4), 5).steps[0] != random.steps[0]
+    assert (
+        changepoints.random_events(jax.random.fold_in(key, 1), (10, 1e4), 5).steps[0]
+        != random.steps[0]
+    )
 
 
 @pytest.mark.parametrize(

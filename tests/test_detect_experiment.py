@@ -1,4 +1,5 @@
-"""The detection experiment runs end to end at its smoke size and writes its table, health and figures."""
+"""The detection experiment runs end to end at its smoke size and writes its table, health and
+figures."""
 
 import json
 import os
@@ -11,18 +12,40 @@ import pytest
 def _run(tmp_path, families, *extra):
     env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg")
     env.pop("XLA_FLAGS", None)  # one host device is enough (and faster to start)
-    command = [sys.executable, "-m", "experiments.detect_transitions", "--smoke", "--families", families, "--out", str(tmp_path), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.detect_transitions",
+        "--smoke",
+        "--families",
+        families,
+        "--out",
+        str(tmp_path),
+        *extra,
+    ]
     subprocess.run(command, check=True, capture_output=True, timeout=600, env=env)
     return json.loads((tmp_path / "summary.json").read_text())
 
 
 def _check(summary, tmp_path, families, llc=True):
-    assert set(summary) >= {"reference_tolerance_decades", "table", "truth", "llc_health", "findings", "seconds"}
+    assert set(summary) >= {
+        "reference_tolerance_decades",
+        "table",
+        "truth",
+        "llc_health",
+        "findings",
+        "seconds",
+    }
     assert list(summary["table"]) == families
     for family in families:
         rows = summary["table"][family]
         # every probe × detector and every baseline is scored
-        names = ["weight_norm/pelt_rate", "baseline_loss/pelt_rate", "baseline_evenly_spaced", "baseline_random"]
+        names = [
+            "weight_norm/pelt_rate",
+            "baseline_loss/pelt_rate",
+            "baseline_evenly_spaced",
+            "baseline_random",
+        ]
         for name in names + (["llc/slope_sign"] if llc else []):
             assert set(rows[name]) == {"f1", "precision", "recall", "false_positives_per_null_run"}
             assert 0.0 <= rows[name]["f1"] <= 1.0

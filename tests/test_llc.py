@@ -1,9 +1,10 @@
 r"""The LLC engine against exact answers, with tolerances from the chains' standard error.
 
-Known answers (docs/paper_numbers.md §4): a regular quadratic in d dimensions has λ = d/2; the product model
-f(x) = x·Π w_k^{p_k} with a zero truth has λ = 1/(2 max p_k); the TMS 5-gon, 5⁺ and 6-gon have
-λ = 7, 8.5, 8.5. Each test states its bias allowance: the Euler-discretisation and localization bias
-of the Gaussian case are computed exactly, the finite-nβ bias of the product model by quadrature.
+Known answers (docs/paper_numbers.md §4): a regular quadratic in d dimensions has λ = d/2; the
+product model f(x) = x·Π w_k^{p_k} with a zero truth has λ = 1/(2 max p_k); the TMS 5-gon, 5⁺ and
+6-gon have λ = 7, 8.5, 8.5. Each test states its bias allowance: the Euler-discretisation and
+localization bias of the Gaussian case are computed exactly, the finite-nβ bias of the product
+model by quadrature.
 """
 
 import equinox as eqx
@@ -29,7 +30,8 @@ def squared_norm(w, data):
 
 def gaussian_prediction(dim, nbeta, step_size, localization):
     r"""Exact E[nβ K] for the Euler chain on K = ‖w‖²: curvature k = 2nβ + γ per coordinate and the
-    AR(1) stationary variance 1/(k(1 - εk/4)) (tests/test_sgld.py), so E[nβK] = d nβ / (k(1 - εk/4))."""
+    AR(1) stationary variance 1/(k(1 - εk/4)) (tests/test_sgld.py), so
+    E[nβK] = d nβ / (k(1 - εk/4))."""
     k = 2 * nbeta + localization
     return dim * nbeta / (k * (1 - step_size * k / 4))
 
@@ -42,11 +44,14 @@ def test_llc_of_regular_quadratic_is_half_dim(key, dim):
     )
     result = llc.estimate_llc(key, squared_norm, jnp.zeros(dim), settings=settings)
     stderr = float(result.stderr)
-    # Bias allowance: the exact discrete-chain expectation minus d/2 (localization: γ/(2nβ+γ) of each
-    # coordinate's ½; discretisation: εk/4), about 2% here.
+    # Bias allowance: the exact discrete-chain expectation minus d/2 (localization: γ/(2nβ+γ) of
+    # each coordinate's ½; discretisation: εk/4), about 2% here.
     bias = abs(gaussian_prediction(dim, nbeta, step_size, localization) - dim / 2)
     assert abs(float(result.llc) - dim / 2) < 4 * stderr + bias
-    assert abs(float(result.llc) - gaussian_prediction(dim, nbeta, step_size, localization)) < 4 * stderr
+    assert (
+        abs(float(result.llc) - gaussian_prediction(dim, nbeta, step_size, localization))
+        < 4 * stderr
+    )
     assert 4 * stderr < 0.1 * dim / 2  # the test has power: the MC error is small next to λ
     assert llc.verdict(result) == "ok" and bool(llc.usable(result))
     assert result.loss_trace.shape == (16, 4000) and result.draw_losses.shape == (16, 3600)
@@ -77,7 +82,9 @@ def product_reference(powers, t, localization):
     def marginal(w2):
         return np.sqrt(2 * np.pi / precision(w2)) * np.exp(-localization * w2 * w2 / 2)
 
-    return quad(lambda w2: marginal(w2) * t * w2 ** (2 * powers[1]) / precision(w2)) / quad(marginal)
+    return quad(lambda w2: marginal(w2) * t * w2 ** (2 * powers[1]) / precision(w2)) / quad(
+        marginal
+    )
 
 
 def make_product_loss(powers):
@@ -102,8 +109,13 @@ def check_product_model(key, powers, t, step_size, num_steps, num_burnin, allowa
     stderr = float(result.stderr)
     estimate = float(result.llc)
     # Discretisation allowance `allowance` (relative): εk/4 at the typical curvature of the draws.
-    assert abs(estimate - reference) < 4 * stderr + allowance * reference, (estimate, reference, stderr)
-    # Against the theory, add the finite-nβ bias |reference − λ| (the approach to λ is slow: t^(-1/4)).
+    assert abs(estimate - reference) < 4 * stderr + allowance * reference, (
+        estimate,
+        reference,
+        stderr,
+    )
+    # Against the theory, add the finite-nβ bias |reference − λ| (the approach to λ is slow:
+    # t^(-1/4)).
     assert abs(estimate - truth) < 4 * stderr + allowance * reference + abs(reference - truth)
     assert abs(reference - truth) < 0.25 * truth
     assert 4 * stderr < 0.2 * truth
@@ -111,21 +123,29 @@ def check_product_model(key, powers, t, step_size, num_steps, num_burnin, allowa
 
 @pytest.mark.parametrize("powers", [(2,), (3,)])
 def test_llc_of_product_model_is_one_over_twice_max_power(key, powers):
-    # At t = 1e4 the draws have w ~ t^(-1/2p) and curvature k ~ 2p(2p-1) t w^(2p-2) ≲ 1e3, so εk/4 ≲ 3%.
-    check_product_model(key, powers, t=1e4, step_size=1e-4, num_steps=20_000, num_burnin=2_000, allowance=0.03)
+    # At t = 1e4 the draws have w ~ t^(-1/2p) and curvature k ~ 2p(2p-1) t w^(2p-2) ≲ 1e3, so
+    # εk/4 ≲ 3%.
+    check_product_model(
+        key, powers, t=1e4, step_size=1e-4, num_steps=20_000, num_burnin=2_000, allowance=0.03
+    )
 
 
 @pytest.mark.slow
 def test_llc_of_two_weight_product_model(key):
     # K = w1² w2⁴: λ = 1/4 approached as t^(-1/4), so a moderate t with the quadrature reference.
     # The w2 marginal relaxes on the γ time scale 2/(εγ) = 2e4 steps: burn-in 3 of those.
-    check_product_model(key, (1, 2), t=100.0, step_size=1e-4, num_steps=300_000, num_burnin=60_000, allowance=0.03)
+    check_product_model(
+        key, (1, 2), t=100.0, step_size=1e-4, num_steps=300_000, num_burnin=60_000, allowance=0.03
+    )
 
 
-@pytest.mark.slow  # ~35-50 s on 2 CPU cores; the quadratic and product-model tests keep exact answers in the fast suite
+# ~35-50 s on 2 CPU cores; the quadratic and product-model tests keep exact answers in the fast
+# suite.
+@pytest.mark.slow
 def test_llc_on_exact_tms_potential_within_five_percent(key, x64):
-    r"""On the closed-form potential with nβ = 1e5: λ̂ within 5% of 7 (5-gon, dead bias −1), 8.5 (5⁺),
-    8.5 (6-gon). The three centres run as one vmapped call (the along-training entry point).
+    r"""On the closed-form potential with nβ = 1e5: λ̂ within 5% of 7 (5-gon, dead bias −1),
+    8.5 (5⁺), 8.5 (6-gon). The three centres run as one vmapped call (the along-training entry
+    point).
 
     Bias budget (harmonic approximation with the Hessian spectrum, ½Σ nβh/(k(1−εk/4)), k = nβh+γ):
     localization −γ/(2nβh) summed over the soft directions (h ≥ 0.02) ≈ −0.01, discretisation
@@ -135,7 +155,8 @@ def test_llc_on_exact_tms_potential_within_five_percent(key, x64):
     labels = ["5", "5+", "6"]
     points = [next(p for p in critical_points(6) if p.label == label) for label in labels]
     centers = TMSParams(
-        jnp.asarray(np.stack([p.W for p in points]))[None], jnp.asarray(np.stack([p.b for p in points]))[None]
+        jnp.asarray(np.stack([p.W for p in points]))[None],
+        jnp.asarray(np.stack([p.b for p in points]))[None],
     )
     settings = LLCSettings(
         5e-7, 10.0, 1e5, num_chains=16, num_steps=60_000, num_burnin=10_000, thinning=10
@@ -150,7 +171,8 @@ def test_llc_on_exact_tms_potential_within_five_percent(key, x64):
 
 
 def test_paper_protocol_on_tms_dataset(key):
-    """n = 1000 full batch, ε = 1e-3, γ = 1, 500 steps, nβ = n/log n at the 6-gon: runs, sane verdict."""
+    """n = 1000 full batch, ε = 1e-3, γ = 1, 500 steps, nβ = n/log n at the 6-gon: runs, sane
+    verdict."""
     point = critical_points(6)[0]
     dataset = make_dataset(sample_sparse_limit(key, 1000, 6))
     center = TMSParams(jnp.asarray(point.W, jnp.float32), jnp.asarray(point.b, jnp.float32))
@@ -164,7 +186,8 @@ def test_paper_protocol_on_tms_dataset(key):
 
 
 def test_minibatch_estimate_with_full_data_draws(key):
-    """Linear regression y = x·w + noise (regular, λ = d/2) with minibatches; draws on all the data."""
+    """Linear regression y = x·w + noise (regular, λ = d/2) with minibatches; draws on all the
+    data."""
     dim, num_data = 3, 500
     key_x, key_noise, key_run = jax.random.split(key, 3)
     x = jax.random.normal(key_x, (num_data, dim))
@@ -203,7 +226,8 @@ def test_verdict_names_an_escape(key):
 
 def test_verdict_names_a_drift(key):
     # The mean of nβK relaxes as 1 − exp(−εk t) with 1/(εk) = 1000 steps, over a 3000-step chain
-    # with no burn-in: the second half sits well above the first. 50 dimensions keep the noise small.
+    # with no burn-in: the second half sits well above the first. 50 dimensions keep the noise
+    # small.
     settings = LLCSettings(step_size=5e-6, nbeta=100.0, num_steps=3000)
     result = llc.estimate_llc(key, squared_norm, jnp.zeros(50), settings=settings)
     assert "drifting (4/4 chains)" in llc.verdict(result)
@@ -212,7 +236,8 @@ def test_verdict_names_a_drift(key):
 
 
 def test_verdict_names_a_large_step_size(key):
-    # εk = 1.6 on K = ‖w‖² in 10 dims: the variance is inflated by 1/(1 − εk/4) = 1.67, acceptance low.
+    # εk = 1.6 on K = ‖w‖² in 10 dims: the variance is inflated by 1/(1 − εk/4) = 1.67,
+    # acceptance low.
     nbeta, step_size = 100.0, 1.6 / 201.0
     settings = LLCSettings(step_size, nbeta=nbeta, num_steps=2000, num_burnin=200)
     result = llc.estimate_llc(key, squared_norm, jnp.zeros(10), settings=settings)
@@ -231,9 +256,14 @@ def test_verdict_names_a_blow_up(key):
 def test_grid_matches_the_exact_euler_chain_in_every_cell(key):
     step_sizes, localizations, nbetas = [1e-4, 1e-3, 4e-3], [1.0, 100.0], [50.0, 100.0]
     grid = llc.llc_grid(
-        key, squared_norm, jnp.zeros(3), None,
+        key,
+        squared_norm,
+        jnp.zeros(3),
+        None,
         LLCSettings(num_chains=8, num_steps=3000, num_burnin=1000),
-        step_sizes=step_sizes, localizations=localizations, nbetas=nbetas,
+        step_sizes=step_sizes,
+        localizations=localizations,
+        nbetas=nbetas,
     )
     assert grid.result.llc.shape == (3, 2, 2)
     assert grid.result.loss_trace.shape == (3, 2, 2, 8, 3000)
@@ -241,9 +271,13 @@ def test_grid_matches_the_exact_euler_chain_in_every_cell(key):
     for i, j, m in np.ndindex(3, 2, 2):
         expected = gaussian_prediction(3, nbetas[m], step_sizes[i], localizations[j])
         stderr = float(grid.result.stderr[i, j, m])
-        # The smallest ε relaxes in 2/(εk) ≈ 1000 steps; the burn-in covers it only roughly, so allow
-        # the leftover transient (e^-1 of the deficit over the first draws) as 3% bias.
-        assert abs(float(grid.result.llc[i, j, m]) - expected) < 4 * stderr + 0.03 * expected, (i, j, m)
+        # The smallest ε relaxes in 2/(εk) ≈ 1000 steps; the burn-in covers it only roughly, so
+        # allow the leftover transient (e^-1 of the deficit over the first draws) as 3% bias.
+        assert abs(float(grid.result.llc[i, j, m]) - expected) < 4 * stderr + 0.03 * expected, (
+            i,
+            j,
+            m,
+        )
     assert verdicts.shape == (3, 2, 2)
     assert verdicts[1, 0, 1] == "ok"
 
@@ -268,7 +302,9 @@ def test_along_training_equals_looped_estimates_and_compiles_once(key):
         for checkpoint in range(num_checkpoints):
             cell_key = keys[run * num_checkpoints + checkpoint]
             single = llc.estimate_llc(cell_key, counted_loss, params[run, checkpoint], x, settings)
-            np.testing.assert_allclose(batched.llc[run, checkpoint], single.llc, rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(
+                batched.llc[run, checkpoint], single.llc, rtol=1e-4, atol=1e-4
+            )
     # New checkpoints, data and traced settings (ε, γ, nβ) of the same shapes reuse the program.
     before = len(traces)
     moved = params + 1.0
@@ -287,7 +323,11 @@ def test_along_training_with_a_dataset_per_run(key):
     b = jnp.broadcast_to(jnp.asarray(point.b, jnp.float32), (2, 2, 6))
     datasets = nested_datasets(sample_sparse_limit(key, 100, 6), [50, 100])
     result = llc.llc_along_training(
-        key, losses.row_loss, TMSParams(W, b), datasets, LLCSettings(num_steps=20),
+        key,
+        losses.row_loss,
+        TMSParams(W, b),
+        datasets,
+        LLCSettings(num_steps=20),
         data_per_run=True,
     )
     np.testing.assert_allclose(result.nbeta[:, 0], [50 / np.log(50), 100 / np.log(100)], rtol=1e-5)
@@ -336,6 +376,7 @@ def test_llc_of_an_equinox_mlp_centre(key):
     # A hidden relu layer (no closed form): the same model path runs the grid and along-training
     # entry points, with finite estimates.
     deep = eqx.nn.MLP(3, "scalar", 4, 1, activation=jax.nn.relu, key=key_model)
+
     def two_checkpoints(leaf):
         return jnp.broadcast_to(leaf, (1, 2, *leaf.shape)) if eqx.is_inexact_array(leaf) else leaf
 
@@ -386,12 +427,21 @@ def test_usable_excludes_any_blown_up_or_escaped_chain_and_only_those():
     np.testing.assert_array_equal(llc.usable_chains(diagnostics)[3], [T, F])
     np.testing.assert_array_equal(llc.all_clear(diagnostics), [T, F, F, F, F])
     assert llc.problem_counts(diagnostics) == {
-        "total": 5, "ok": 1, "non-finite": 1, "escaped": 1, "drifting": 1, "step size too large": 1,
-        "usable": 3, "excluded": 2,
+        "total": 5,
+        "ok": 1,
+        "non-finite": 1,
+        "escaped": 1,
+        "drifting": 1,
+        "step size too large": 1,
+        "usable": 3,
+        "excluded": 2,
     }
     result = llc.LLCResult(*([None] * 7), diagnostics)
     assert list(llc.grid_verdicts(result)) == [
-        "ok", "drifting (1/2 chains)", "non-finite (1/2 chains)", "escaped (1/2 chains)",
+        "ok",
+        "drifting (1/2 chains)",
+        "non-finite (1/2 chains)",
+        "escaped (1/2 chains)",
         "step size too large (1/2 chains)",
     ]
 

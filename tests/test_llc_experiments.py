@@ -1,4 +1,5 @@
-"""Smoke runs of the LLC experiments in a subprocess, as a user (and experiments.reproduce) runs them.
+"""Smoke runs of the LLC experiments in a subprocess, as a user (and experiments.reproduce) runs
+them.
 
 The reproduction flow is exercised end to end at smoke size: sgd_plateaus → llc_trajectories --from
 → developmental_stages --from --llc. The BAH table logic, which the smoke ensemble (too short to
@@ -33,8 +34,17 @@ def trajectories_smoke(tmp_path_factory, sgd_smoke):
 
 def test_llc_trajectories_from_sgd_plateaus(trajectories_smoke):
     summary = json.loads((trajectories_smoke / "summary.json").read_text())
-    assert {"bah_table", "num_transitions", "num_consistent_with_bah", "llc_by_plateau_label", "verdict_counts",
-            "runs_transitioning", "runs_control", "llc_protocol", "escaped_checkpoints"} <= set(summary)
+    assert {
+        "bah_table",
+        "num_transitions",
+        "num_consistent_with_bah",
+        "llc_by_plateau_label",
+        "verdict_counts",
+        "runs_transitioning",
+        "runs_control",
+        "llc_protocol",
+        "escaped_checkpoints",
+    } <= set(summary)
     assert summary["dataset_check_max_error"] < 1e-4  # the rebuilt dataset is the one trained on
     with np.load(trajectories_smoke / "llc.npz") as data:
         runs = summary["runs_transitioning"] + summary["runs_control"]
@@ -48,14 +58,27 @@ def test_developmental_stages_draws_llc(tmp_path, sgd_smoke, trajectories_smoke)
     # --llc names the llc_trajectories folder; the chosen run must be one of its runs.
     with np.load(trajectories_smoke / "llc.npz") as data:
         run = int(data["runs"][0])
-    run_module("developmental_stages", "--out", tmp_path, "--smoke", "--from", sgd_smoke, "--llc", trajectories_smoke, "--run", run)
+    run_module(
+        "developmental_stages",
+        "--out",
+        tmp_path,
+        "--smoke",
+        "--from",
+        sgd_smoke,
+        "--llc",
+        trajectories_smoke,
+        "--run",
+        run,
+    )
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["llc_panel"] and summary["run"] == run
     assert (tmp_path / "developmental_stages.gif").stat().st_size > 10_000
     assert (tmp_path / "final_frame.png").stat().st_size > 10_000
 
 
-def test_developmental_stages_refuses_llc_of_another_ensemble(tmp_path, sgd_smoke, trajectories_smoke):
+def test_developmental_stages_refuses_llc_of_another_ensemble(
+    tmp_path, sgd_smoke, trajectories_smoke
+):
     from experiments.developmental_stages import load_llc
 
     with np.load(sgd_smoke / "trajectory.npz") as data:
@@ -80,8 +103,16 @@ def test_llc_critical_points_smoke(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     rows = summary["table"]
     assert [row["label"] for row in rows] == ["6", "5+", "5"]
-    assert {"llc_theory", "llc_n50", "stderr_n100", "verdict_n100", "acceptance_n100", "llc_healthy_chains_n100",
-            "llc_population", "verdict_population"} <= set(rows[0])
+    assert {
+        "llc_theory",
+        "llc_n50",
+        "stderr_n100",
+        "verdict_n100",
+        "acceptance_n100",
+        "llc_healthy_chains_n100",
+        "llc_population",
+        "verdict_population",
+    } <= set(rows[0])
     assert summary["settings"]["step_sizes"]["100"] == pytest.approx(1e-3)
     assert (tmp_path / "llc_critical_points.png").stat().st_size > 10_000
 
@@ -89,7 +120,13 @@ def test_llc_critical_points_smoke(tmp_path):
 def test_llc_grid_smoke(tmp_path):
     run_module("llc_grid", "--out", tmp_path, "--smoke")
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert len(summary["cells"]) == 2 and {"step_size", "localization", "llc", "stderr", "verdict"} <= set(summary["cells"][0])
+    assert len(summary["cells"]) == 2 and {
+        "step_size",
+        "localization",
+        "llc",
+        "stderr",
+        "verdict",
+    } <= set(summary["cells"][0])
     assert (tmp_path / "llc_vs_step_size.png").stat().st_size > 10_000
 
 
@@ -106,20 +143,44 @@ def test_bah_rows_on_hand_made_plateaus():
     from tmsjax.tms.critical import critical_points
 
     def plateau(label, loss, value, error, escaped=0):
-        return {"label": label, "start_step": 0, "stop_step": 1, "train_loss": loss, "population_loss": loss,
-                "llc": value, "llc_stderr": error, "llc_all": value - 0.5, "llc_all_stderr": error,
-                "num_checkpoints": 10, "num_used": 10 - escaped, "num_escaped_or_nonfinite": escaped}
+        return {
+            "label": label,
+            "start_step": 0,
+            "stop_step": 1,
+            "train_loss": loss,
+            "population_loss": loss,
+            "llc": value,
+            "llc_stderr": error,
+            "llc_all": value - 0.5,
+            "llc_all_stderr": error,
+            "num_checkpoints": 10,
+            "num_used": 10 - escaped,
+            "num_escaped_or_nonfinite": escaped,
+        }
 
-    plateaus = [plateau("4+", 0.104, 4.5, 0.1, escaped=3), plateau("5", 0.069, 6.6, 0.2), plateau("5", 0.069, 6.5, 0.2)]
+    plateaus = [
+        plateau("4+", 0.104, 4.5, 0.1, escaped=3),
+        plateau("5", 0.069, 6.6, 0.2),
+        plateau("5", 0.069, 6.5, 0.2),
+    ]
     rows = bah_rows(7, plateaus)
     assert len(rows) == 1  # a level split in two by the detector is no transition
     (row,) = rows
     assert (row["run"], row["from"], row["to"]) == (7, "4+", "5")
     assert row["delta_loss"] == pytest.approx(-0.035) and row["delta_llc"] == pytest.approx(2.1)
     assert row["delta_llc_stderr"] == pytest.approx(np.hypot(0.1, 0.2))
-    assert row["loss_decreases"] and row["llc_increases"] and row["llc_increase_significant"] and row["consistent_with_bah"]
+    assert (
+        row["loss_decreases"]
+        and row["llc_increases"]
+        and row["llc_increase_significant"]
+        and row["consistent_with_bah"]
+    )
     table = llc_by_label({7: plateaus}, critical_points(6))
-    assert table["5"]["num_plateaus"] == 2 and table["5"]["llc_theory"] == 7.0 and table["4+"]["llc_theory"] is None
+    assert (
+        table["5"]["num_plateaus"] == 2
+        and table["5"]["llc_theory"] == 7.0
+        and table["4+"]["llc_theory"] is None
+    )
     assert table["4+"]["fraction_checkpoints_escaped"] == pytest.approx(0.3)
     # A rise in loss or a fall in λ̂ is reported as inconsistent with the BAH.
     (up,) = bah_rows(0, [plateau("5", 0.069, 6.6, 0.2), plateau("4+", 0.104, 4.5, 0.1)])

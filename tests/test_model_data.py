@@ -106,17 +106,27 @@ def test_init_near_kgon_is_near_kgon(key):
         (lambda: tms.nested_datasets(np.zeros((5, 3)), [2, 0]), "sizes"),
         (lambda: tms.nested_datasets(np.zeros((5, 3)), [2, 9]), "exceed"),
         (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 5))), "features"),
-        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.ones((4, 3)),
-                                    np.zeros(4, bool)), "no data"),
+        (
+            lambda: tms.empirical_loss(
+                np.zeros((2, 3)), np.zeros(3), np.ones((4, 3)), np.zeros(4, bool)
+            ),
+            "no data",
+        ),
         (lambda: tms.init_near_kgon(jax.random.key(0), 7, 6), "k=7"),
         (lambda: tms.init_near_kgon(jax.random.key(0), 4, 6, radius=np.nan), "radius"),
         (lambda: tms.init_near_kgon(jax.random.key(0), 4, 6, radius=(1.0, 0.5)), "radius"),
         (lambda: tms.init_params(jax.random.key(0), 6, scale=np.nan), "scale"),
         (lambda: tms.sample_sparse(jax.random.key(0), 10, 4, np.nan), "feature_probability"),
-        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.zeros((4, 3)), np.arange(4)),
-         "boolean"),
-        (lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.full((4, 3), np.nan)),
-         "x contains NaN"),
+        (
+            lambda: tms.empirical_loss(
+                np.zeros((2, 3)), np.zeros(3), np.zeros((4, 3)), np.arange(4)
+            ),
+            "boolean",
+        ),
+        (
+            lambda: tms.empirical_loss(np.zeros((2, 3)), np.zeros(3), np.full((4, 3), np.nan)),
+            "x contains NaN",
+        ),
         (lambda: tms.make_dataset(np.full((4, 3), np.nan)), "x contains NaN"),
     ],
 )

@@ -1,12 +1,13 @@
-"""NUTS / ChEES sweeps: Gaussian targets with known moments, tolerances from the Monte Carlo error."""
+"""NUTS / ChEES sweeps: Gaussian targets with known moments, tolerances from the Monte Carlo
+error."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tmsjax.sampling import diagnostics
 from tmsjax import sharding
+from tmsjax.sampling import diagnostics
 from tmsjax.sampling.nuts import lockstep_efficiency, make_chees_sweep, make_nuts_sweep
 
 # Five standard errors: a false alarm rate of ~6e-7 per component, so no seed hunting is needed.
@@ -34,7 +35,9 @@ def _check_moments(draws, mean, std):
     var = np.asarray(std) ** 2
     np.testing.assert_array_less(np.abs(sample_mean - mean), NUM_SE * np.sqrt(var / ess_x))
     # Var of the squared deviation of a Gaussian is 2σ⁴.
-    np.testing.assert_array_less(np.abs(sample_var - var), NUM_SE * np.sqrt(2 * var**2 / ess_x2) + 1e-6)
+    np.testing.assert_array_less(
+        np.abs(sample_var - var), NUM_SE * np.sqrt(2 * var**2 / ess_x2) + 1e-6
+    )
 
 
 def test_nuts_recovers_gaussian_mean_and_variance(key):
@@ -56,7 +59,9 @@ def test_nuts_recovers_gaussian_mean_and_variance(key):
 def test_chees_recovers_gaussian_mean_and_variance(key):
     mean, std = _targets(2)
     num_chains = 8
-    sweep = make_chees_sweep(gaussian_logdensity, num_chains=num_chains, num_warmup=200, num_samples=300)
+    sweep = make_chees_sweep(
+        gaussian_logdensity, num_chains=num_chains, num_warmup=200, num_samples=300
+    )
     start = jax.random.normal(key, (2, num_chains, 3))
     result = sweep(jax.random.split(key, 2), start, (mean, std))
     assert np.asarray(result.positions).shape == (2 * num_chains, 300, 3)
@@ -69,14 +74,22 @@ def test_sharded_sweep_equals_unsharded(key, x64):
     # float64: in float32 the sharded program's different vectorisation changes the last bits, and
     # MCMC amplifies them chaotically within a few dozen steps; in float64 they stay negligible.
     assert jax.device_count() == 8
-    mean, std = jax.tree.map(lambda a: a.astype(jnp.float64), _targets(5))  # 5 grid elements over 8 devices: padding is exercised
+    mean, std = jax.tree.map(
+        lambda a: a.astype(jnp.float64), _targets(5)
+    )  # 5 grid elements over 8 devices: padding is exercised
     keys = jax.random.split(key, 5)
     start = jnp.zeros((5, 3), jnp.float64)
     kwargs = dict(num_warmup=30, num_samples=20)
     plain = make_nuts_sweep(gaussian_logdensity, **kwargs)(keys, start, (mean, std))
-    sharded = make_nuts_sweep(gaussian_logdensity, mesh=sharding.grid_mesh(), **kwargs)(keys, start, (mean, std))
-    np.testing.assert_allclose(np.asarray(sharded.positions), np.asarray(plain.positions), rtol=1e-9, atol=1e-9)
-    np.testing.assert_array_equal(np.asarray(sharded.info.num_integration_steps), np.asarray(plain.info.num_integration_steps))
+    sharded = make_nuts_sweep(gaussian_logdensity, mesh=sharding.grid_mesh(), **kwargs)(
+        keys, start, (mean, std)
+    )
+    np.testing.assert_allclose(
+        np.asarray(sharded.positions), np.asarray(plain.positions), rtol=1e-9, atol=1e-9
+    )
+    np.testing.assert_array_equal(
+        np.asarray(sharded.info.num_integration_steps), np.asarray(plain.info.num_integration_steps)
+    )
 
 
 def test_shared_data_equals_per_lane_data(key, x64):
@@ -86,20 +99,31 @@ def test_shared_data_equals_per_lane_data(key, x64):
     keys = jax.random.split(key, 5)
     start = jnp.zeros((5, 3), jnp.float64)
     kwargs = dict(num_warmup=30, num_samples=20)
-    plain = make_nuts_sweep(gaussian_logdensity, **kwargs)(keys, start, (jnp.broadcast_to(mean[0], (5, 3)), std))
-    shared = make_nuts_sweep(gaussian_logdensity, data_axes=(None, 0), **kwargs)(keys, start, (mean[0], std))
-    np.testing.assert_allclose(np.asarray(shared.positions), np.asarray(plain.positions), rtol=1e-9, atol=1e-9)
+    plain = make_nuts_sweep(gaussian_logdensity, **kwargs)(
+        keys, start, (jnp.broadcast_to(mean[0], (5, 3)), std)
+    )
+    shared = make_nuts_sweep(gaussian_logdensity, data_axes=(None, 0), **kwargs)(
+        keys, start, (mean[0], std)
+    )
+    np.testing.assert_allclose(
+        np.asarray(shared.positions), np.asarray(plain.positions), rtol=1e-9, atol=1e-9
+    )
 
 
-@pytest.mark.slow  # a second sharded compilation; the fast suite keeps test_sharded_sweep_equals_unsharded
+# A second sharded compilation; the fast suite keeps test_sharded_sweep_equals_unsharded.
+@pytest.mark.slow
 def test_shared_data_sharded_equals_unsharded(key, x64):
     mean, std = jax.tree.map(lambda a: a.astype(jnp.float64), _targets(5))
     keys = jax.random.split(key, 5)
     start = jnp.zeros((5, 3), jnp.float64)
     kwargs = dict(num_warmup=30, num_samples=20, data_axes=(None, 0))
     plain = make_nuts_sweep(gaussian_logdensity, **kwargs)(keys, start, (mean[0], std))
-    sharded = make_nuts_sweep(gaussian_logdensity, mesh=sharding.grid_mesh(), **kwargs)(keys, start, (mean[0], std))
-    np.testing.assert_allclose(np.asarray(sharded.positions), np.asarray(plain.positions), rtol=1e-9, atol=1e-9)
+    sharded = make_nuts_sweep(gaussian_logdensity, mesh=sharding.grid_mesh(), **kwargs)(
+        keys, start, (mean[0], std)
+    )
+    np.testing.assert_allclose(
+        np.asarray(sharded.positions), np.asarray(plain.positions), rtol=1e-9, atol=1e-9
+    )
 
 
 def test_sweep_validates_grid_and_counts(key):
@@ -129,10 +153,28 @@ def _occupancies(tmp_path, sampler):
 
     out = tmp_path / sampler
     subprocess.run(
-        [sys.executable, "-m", "experiments.bayesian_transitions", "--out", str(out), "--sampler", sampler,
-         "--sizes", ",".join(map(str, CHEES_SIZES)), "--num-warmup", "300", "--num-samples", "400",
-         "--block-sizes", "2", "--tsne-points", "0", "--no-progress"],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "experiments.bayesian_transitions",
+            "--out",
+            str(out),
+            "--sampler",
+            sampler,
+            "--sizes",
+            ",".join(map(str, CHEES_SIZES)),
+            "--num-warmup",
+            "300",
+            "--num-samples",
+            "400",
+            "--block-sizes",
+            "2",
+            "--tsne-points",
+            "0",
+            "--no-progress",
+        ],
+        check=True,
+        capture_output=True,
     )
     summary = json.loads((out / "summary.json").read_text())
     return summary["occupancy"], summary["occupancy_stderr"]
@@ -177,7 +219,9 @@ def test_occupancy_error_of_sticky_and_frozen_chains():
     assert 0.6 * expected < ess < 1.6 * expected
     # Chains that mix but disagree (two visit the phase 90% of the time, two 50%): the pooled
     # estimate must not be trusted as if 1600 draws agreed.
-    disagree = np.concatenate([rng.random((2, 400)) < 0.9, rng.random((2, 400)) < 0.5]).astype(float)
+    disagree = np.concatenate([rng.random((2, 400)) < 0.9, rng.random((2, 400)) < 0.5]).astype(
+        float
+    )
     assert diagnostics.occupancy_with_error(disagree)[2] < 50
     frozen = np.zeros((5, 100))
     frozen[:2] = 1.0
@@ -188,12 +232,18 @@ def test_occupancy_error_of_sticky_and_frozen_chains():
 def test_fully_shared_data_and_bad_settings(key):
     # One target shared by every chain: no data leaf carries the grid axis.
     mean, std = _targets(1)
-    sweep = make_nuts_sweep(gaussian_logdensity, num_warmup=100, num_samples=200, data_axes=(None, None))
+    sweep = make_nuts_sweep(
+        gaussian_logdensity, num_warmup=100, num_samples=200, data_axes=(None, None)
+    )
     result = sweep(jax.random.split(key, 4), jnp.zeros((4, 3)), (mean[0], std[0]))
     _check_moments(np.asarray(result.positions).reshape(4, 200, 3), mean[0], std[0])
     with pytest.raises(ValueError, match="target_acceptance_rate"):
-        make_nuts_sweep(gaussian_logdensity, num_warmup=10, num_samples=10, target_acceptance_rate=80)
+        make_nuts_sweep(
+            gaussian_logdensity, num_warmup=10, num_samples=10, target_acceptance_rate=80
+        )
     with pytest.raises(ValueError, match="learning_rate"):
-        make_chees_sweep(gaussian_logdensity, num_chains=2, num_warmup=10, num_samples=10, learning_rate=-1.0)
+        make_chees_sweep(
+            gaussian_logdensity, num_chains=2, num_warmup=10, num_samples=10, learning_rate=-1.0
+        )
     with pytest.raises(ValueError, match="num_warmup"):
         make_nuts_sweep(gaussian_logdensity, num_warmup=None, num_samples=10)

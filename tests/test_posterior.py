@@ -53,8 +53,8 @@ def test_public_wrapper_validates(key):
 
 
 def test_sufficient_statistics_give_the_row_likelihood_and_gradient(key, x64):
-    # Every branch of the piecewise formula: random (W, b) make outputs fire on prefixes, suffixes, all
-    # or none of each feature's μ; a zero column and a zero bias add the a = 0 and t = 0 cases.
+    # Every branch of the piecewise formula: random (W, b) make outputs fire on prefixes, suffixes,
+    # all or none of each feature's μ; a zero column and a zero bias add the a = 0 and t = 0 cases.
     key_x, key_w, key_b = jax.random.split(key, 3)
     x = sample_sparse_limit(key_x, 400, 6)
     x = x.at[7].set(0.0)  # a μ = 0 row: output j fires iff b_j > 0
@@ -70,7 +70,9 @@ def test_sufficient_statistics_give_the_row_likelihood_and_gradient(key, x64):
             rows = lambda p: logdensity(p, make_dataset(x[:n]))  # noqa: E731
             fast = lambda p: logdensity(p, jax.tree.map(lambda a: a[index], stats))  # noqa: E731
             np.testing.assert_allclose(float(fast(params)), float(rows(params)), rtol=1e-11)
-            for got, want in zip(jax.tree.leaves(jax.grad(fast)(params)), jax.tree.leaves(jax.grad(rows)(params))):
+            for got, want in zip(
+                jax.tree.leaves(jax.grad(fast)(params)), jax.tree.leaves(jax.grad(rows)(params))
+            ):
                 np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
     assert [int(n) for n in stats.num_data] == sizes
 

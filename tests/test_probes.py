@@ -1,4 +1,5 @@
-"""Weight-only probes equal their formulas on hand-made pytrees, for NamedTuples and equinox modules."""
+"""Weight-only probes equal their formulas on hand-made pytrees, for NamedTuples and equinox
+modules."""
 
 import equinox as eqx
 import jax
@@ -14,7 +15,11 @@ from tmsjax.transitions import probes
 
 def _hand_made():
     # Layer 1: diag(3, 4) has σ1 = 4, |W|_F = 5; layer 2: rank one [[1, 1]] has σ1 = √2 = |W|_F.
-    return {"w1": jnp.array([[3.0, 0.0], [0.0, 4.0]]), "b1": jnp.array([1.0, 2.0]), "w2": jnp.array([[1.0, 1.0]])}
+    return {
+        "w1": jnp.array([[3.0, 0.0], [0.0, 4.0]]),
+        "b1": jnp.array([1.0, 2.0]),
+        "w2": jnp.array([[1.0, 1.0]]),
+    }
 
 
 def test_probes_equal_formulas_on_hand_made_pytree():
@@ -70,7 +75,9 @@ def test_probe_trajectory_and_scalar_series():
     norm = np.sqrt(32.0)
     np.testing.assert_allclose(traj.step_distance, [0.0, norm, 2 * norm], rtol=1e-6)
     series = probes.scalar_series(traj, steps=np.array([1, 10, 100]))
-    np.testing.assert_allclose(series["step_distance"], [norm, norm, 2 * norm], rtol=1e-6)  # per decade
+    np.testing.assert_allclose(
+        series["step_distance"], [norm, norm, 2 * norm], rtol=1e-6
+    )  # per decade
     assert set(series) == set(probes.SCALAR_PROBES)
 
 
@@ -82,8 +89,9 @@ def test_llc_probe_on_quadratic_matches_its_closed_form(key):
     # L(w) = |w|² in d = 4 dims (two leaves), centre 0. The localized tempered posterior
     # exp(-nβ|w|² - γ/2 |w|²) is Gaussian with precision a = 2nβ + γ per coordinate, so
     # E[L] = d/a and λ̂ = nβ d / (2(nβ + γ/2)) (→ d/2 as nβ → ∞). The SGLD chain
-    # w' = w - (ε/2) a w + √ε ξ is itself Gaussian with stationary variance 1/(a(1 - εa/4)): its exact
-    # mean λ̂ is nβ d / (a(1 - εa/4)), 5 % above the continuum value at εa = 0.2; we test against it.
+    # w' = w - (ε/2) a w + √ε ξ is itself Gaussian with stationary variance 1/(a(1 - εa/4)): its
+    # exact mean λ̂ is nβ d / (a(1 - εa/4)), 5 % above the continuum value at εa = 0.2; we test
+    # against it.
     nbeta, gamma, step_size, dim = 100.0, 1.0, 1e-3, 4
     precision = 2 * nbeta + gamma
     continuum = nbeta * dim / (2 * (nbeta + gamma / 2))
@@ -126,8 +134,20 @@ def test_llc_probe_leaves_out_estimates_that_are_not_usable(key):
         (lambda: probes.weight_norm({"f": "not an array"}), "floating"),
         (lambda: probes.checkpoint_distance(_hand_made(), {"w": jnp.ones(2)}), "previous"),
         (lambda: probes.weight_histogram(_hand_made(), jnp.array([1.0])), "edges"),
-        (lambda: probes.scalar_series(probes.probe_trajectory(jax.tree.map(lambda x: jnp.stack([x, x]), _hand_made())), steps=[0, 1]), "steps"),
-        (lambda: probes.scalar_series(probes.probe_trajectory(jax.tree.map(lambda x: jnp.stack([x, x]), _hand_made())), steps=[5, 5]), "steps"),
+        (
+            lambda: probes.scalar_series(
+                probes.probe_trajectory(jax.tree.map(lambda x: jnp.stack([x, x]), _hand_made())),
+                steps=[0, 1],
+            ),
+            "steps",
+        ),
+        (
+            lambda: probes.scalar_series(
+                probes.probe_trajectory(jax.tree.map(lambda x: jnp.stack([x, x]), _hand_made())),
+                steps=[5, 5],
+            ),
+            "steps",
+        ),
         (lambda: probes.weight_histogram(_hand_made(), jnp.array([0.0, 2.0, 1.0])), "edges"),
         (lambda: probes.weight_histogram(_hand_made(), jnp.array([0.0, jnp.nan, 1.0])), "edges"),
     ],

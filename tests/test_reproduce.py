@@ -14,7 +14,9 @@ from experiments.reproduce import EXPERIMENTS
 def _reproduce(out, *extra):
     return subprocess.run(
         [sys.executable, "-m", "experiments.reproduce", "--out", str(out), "--smoke", *extra],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -64,6 +66,17 @@ def test_configure_rejects_unknown_settings(tmp_path):
 
 
 def test_unknown_experiment_name_is_an_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--out", str(tmp_path), "--only", "sgd_plateau"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.reproduce",
+            "--out",
+            str(tmp_path),
+            "--only",
+            "sgd_plateau",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0 and "sgd_plateau" in result.stderr

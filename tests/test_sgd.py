@@ -84,10 +84,17 @@ def test_sgd_on_convex_loss_reaches_the_minimum_of_each_masked_dataset(key):
     optimizer = optax.sgd(lambda t: 0.5 / (t + 1.0))
     num_runs = 4
     result = train(
-        jax.random.split(key_runs, num_runs), jnp.zeros((num_runs, 3)), datasets,
-        num_steps=num_steps, dataset_index=np.array([0, 1, 0, 1]), optimizer=optimizer,
+        jax.random.split(key_runs, num_runs),
+        jnp.zeros((num_runs, 3)),
+        datasets,
+        num_steps=num_steps,
+        dataset_index=np.array([0, 1, 0, 1]),
+        optimizer=optimizer,
         batch_size=batch_size,
-        loss_fn=_quadratic_loss, population_fn=None, num_checkpoints=5, progress=False,
+        loss_fn=_quadratic_loss,
+        population_fn=None,
+        num_checkpoints=5,
+        progress=False,
     )
     final = result.params[:, -1]
     for run, size in enumerate([40, 160, 40, 160]):
@@ -100,9 +107,14 @@ def test_sgd_on_convex_loss_reaches_the_minimum_of_each_masked_dataset(key):
 def test_gradient_descent_on_exact_convex_population_reaches_minimum(key):
     target = jnp.array([1.0, -2.0, 0.5])
     result = train(
-        jax.random.split(key, 3), jax.random.normal(key, (3, 3)), num_steps=200,
-        objective="population", learning_rate=0.1, loss_fn=_quadratic_loss,
-        population_fn=lambda theta: jnp.sum((theta - target) ** 2), num_checkpoints=10,
+        jax.random.split(key, 3),
+        jax.random.normal(key, (3, 3)),
+        num_steps=200,
+        objective="population",
+        learning_rate=0.1,
+        loss_fn=_quadratic_loss,
+        population_fn=lambda theta: jnp.sum((theta - target) ** 2),
+        num_checkpoints=10,
         progress=False,
     )
     np.testing.assert_allclose(result.params[:, -1], np.broadcast_to(target, (3, 3)), atol=1e-6)
@@ -116,8 +128,14 @@ def test_population_training_converges_to_the_4gon_level(key):
     L(4) = (c − 4)/(3c)."""
     params = jax.vmap(lambda k: init_near_kgon(k, 4, 6, bias=-0.01))(jax.random.split(key, RUNS))
     result = train(
-        jax.random.split(key, RUNS), params, num_steps=2_000, objective="population",
-        learning_rate=0.05, num_checkpoints=20, checkpoints_per_chunk=PER_CHUNK, progress=False,
+        jax.random.split(key, RUNS),
+        params,
+        num_steps=2_000,
+        objective="population",
+        learning_rate=0.05,
+        num_checkpoints=20,
+        checkpoints_per_chunk=PER_CHUNK,
+        progress=False,
     )
     np.testing.assert_allclose(result.population_loss[:, -1], 2 / 18, atol=1e-5)
 
@@ -128,14 +146,20 @@ def test_vmapped_ensemble_equals_looped_runs(key, sampling):
     datasets = nested_datasets(x, [40, 100])
     index = np.array([0, 1, 0, 1])
     common = dict(
-        num_steps=300, num_checkpoints=12, sampling=sampling, progress=False,
+        num_steps=300,
+        num_checkpoints=12,
+        sampling=sampling,
+        progress=False,
         checkpoints_per_chunk=PER_CHUNK,
     )
     ensemble = train(keys, params, datasets, dataset_index=index, **common)
     for run in range(RUNS):
         single = train(
-            keys[run : run + 1], jax.tree.map(lambda leaf: leaf[run : run + 1], params), datasets,
-            dataset_index=index[run : run + 1], **common,
+            keys[run : run + 1],
+            jax.tree.map(lambda leaf: leaf[run : run + 1], params),
+            datasets,
+            dataset_index=index[run : run + 1],
+            **common,
         )
         np.testing.assert_array_equal(single.steps, ensemble.steps)
         close = dict(rtol=1e-5, atol=1e-7)
@@ -158,9 +182,14 @@ def test_one_compile_for_all_dataset_sizes_and_learning_rates(key, caplog):
     with jax.log_compiles(), caplog.at_level(logging.WARNING):
         for sizes, learning_rate, num_steps, num_checkpoints in calls:
             result = train(
-                keys, params, nested_datasets(x, sizes), num_steps=num_steps,
-                learning_rate=learning_rate, num_checkpoints=num_checkpoints,
-                checkpoints_per_chunk=PER_CHUNK, progress=False,
+                keys,
+                params,
+                nested_datasets(x, sizes),
+                num_steps=num_steps,
+                learning_rate=learning_rate,
+                num_checkpoints=num_checkpoints,
+                checkpoints_per_chunk=PER_CHUNK,
+                progress=False,
             )
             assert np.all(result.is_finite)
     messages = [r.getMessage() for r in caplog.records]
@@ -200,9 +229,14 @@ def test_resume_from_store_gives_the_same_trajectory(key, tmp_path):
 def test_divergence_is_data_and_learning_rate_is_per_run(key):
     keys, params, x = _setup(key)
     result = train(
-        keys, params, make_dataset(x), num_steps=300,
-        learning_rate=np.array([0.005, 50.0, 0.005, 50.0]), num_checkpoints=10,
-        checkpoints_per_chunk=PER_CHUNK, progress=False,
+        keys,
+        params,
+        make_dataset(x),
+        num_steps=300,
+        learning_rate=np.array([0.005, 50.0, 0.005, 50.0]),
+        num_checkpoints=10,
+        checkpoints_per_chunk=PER_CHUNK,
+        progress=False,
     )
     assert np.all(result.is_finite[[0, 2]])
     assert not np.any(result.is_finite[[1, 3], -1])
@@ -228,8 +262,11 @@ def test_divergence_is_data_and_learning_rate_is_per_run(key):
 )
 def test_train_rejects_bad_arguments(key, change, name):
     arguments = dict(
-        keys=jax.random.split(key, 2), init_params=init_kgon_ensemble(key, 2),
-        datasets=make_dataset(sample_sparse_limit(key, 20, 6)), num_steps=10, progress=False,
+        keys=jax.random.split(key, 2),
+        init_params=init_kgon_ensemble(key, 2),
+        datasets=make_dataset(sample_sparse_limit(key, 20, 6)),
+        num_steps=10,
+        progress=False,
     )  # every case fails validation before anything compiles
     arguments.update(change)
     with pytest.raises(ValueError, match=name):

@@ -1,5 +1,6 @@
-"""The localized tempered SGLD kernel: the update formula, the stationary law of the Euler chain on a
-Gaussian (known in closed form), the MALA acceptance estimate, minibatch mode, blow-ups as data."""
+"""The localized tempered SGLD kernel: the update formula, the stationary law of the Euler chain on
+a Gaussian (known in closed form), the MALA acceptance estimate, minibatch mode, blow-ups as
+data."""
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,11 @@ def test_one_step_matches_the_formula(key):
     nbeta, step_size, localization = 50.0, 1e-3, 2.0
     new_state, info = kernel(key, state, None, center, nbeta, step_size, localization)
     noise = generate_gaussian_noise(key, position)
-    expected = position + 0.5 * step_size * (-nbeta * position - localization * (position - center)) + jnp.sqrt(step_size) * noise
+    expected = (
+        position
+        + 0.5 * step_size * (-nbeta * position - localization * (position - center))
+        + jnp.sqrt(step_size) * noise
+    )
     np.testing.assert_allclose(new_state.position, expected, rtol=1e-6)
     np.testing.assert_allclose(info.loss, quadratic(expected, None), rtol=1e-6)
     np.testing.assert_allclose(info.batch_loss, quadratic(position, None), rtol=1e-6)
@@ -36,7 +41,9 @@ def test_acceptance_is_the_mala_ratio(key, x64):
     kernel = sgld.build_kernel(quadratic)
     position, center = jnp.array([0.4]), jnp.array([0.0])
     nbeta, step_size, localization = 10.0, 0.05, 1.0
-    new_state, info = kernel(key, sgld.init(position, quadratic, None), None, center, nbeta, step_size, localization)
+    new_state, info = kernel(
+        key, sgld.init(position, quadratic, None), None, center, nbeta, step_size, localization
+    )
     k = nbeta + localization
     w, w_new = float(position[0]), float(new_state.position[0])
 
@@ -53,7 +60,8 @@ def test_acceptance_is_the_mala_ratio(key, x64):
 @pytest.mark.parametrize("step_fraction", [0.05, 0.5])
 def test_stationary_variance_of_the_euler_chain(key, step_fraction):
     r"""On a Gaussian of curvature k the Euler chain w' = (1 - εk/2) w + √ε η is an AR(1) whose
-    stationary variance is exactly 1 / (k (1 - εk/4)): the upward bias of a large ε, in closed form."""
+    stationary variance is exactly 1 / (k (1 - εk/4)): the upward bias of a large ε, in closed
+    form."""
     nbeta, localization = 99.0, 1.0
     k = nbeta + localization
     step_size = step_fraction / k
@@ -64,7 +72,15 @@ def test_stationary_variance_of_the_euler_chain(key, step_fraction):
     @jax.jit
     def run(key):
         def step(state, step_key):
-            state, info = kernel(jax.random.split(step_key, num_chains), state, None, jnp.zeros(1), nbeta, step_size, localization)
+            state, info = kernel(
+                jax.random.split(step_key, num_chains),
+                state,
+                None,
+                jnp.zeros(1),
+                nbeta,
+                step_size,
+                localization,
+            )
             return state, state.position[:, 0]
 
         return jax.lax.scan(step, init, jax.random.split(key, num_steps))[1]

@@ -1,4 +1,5 @@
-"""Grid sharding over a Mesh of 8 forced CPU devices: padding, placement, equality with unsharded."""
+"""Grid sharding over a Mesh of 8 forced CPU devices: padding, placement, equality with
+unsharded."""
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,11 @@ def test_sharded_equals_unsharded_with_keys():
     assert len(sharded[1].sharding.device_set) == 8
     out = sharding.unpad(work(*sharded), size)
     np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(sharding.run_sharded(work, keys, scale, mesh=mesh)), np.asarray(expected), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(sharding.run_sharded(work, keys, scale, mesh=mesh)),
+        np.asarray(expected),
+        rtol=1e-6,
+    )
 
 
 def test_mesh_needs_grid_axis():

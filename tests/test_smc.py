@@ -1,4 +1,5 @@
-"""Tempered SMC: a two-mode Gaussian mixture whose mode weights and evidence are known in closed form.
+"""Tempered SMC: a two-mode Gaussian mixture whose mode weights and evidence are known in closed
+form.
 
 Prior N(0, I₂) times the mixture likelihood Σ_k π_k N(w; m_k, s²I) is the mixture
 Σ_k π_k N(m_k; 0, (1+s²)I) · N(w; m_k/(1+s²), s²/(1+s²) I): each mode's posterior mass and the
@@ -18,7 +19,9 @@ from tmsjax.sampling.smc import make_smc_sweep
 MEANS = np.array([[-3.0, 0.0], [3.0, 0.5]])
 WEIGHTS = np.array([0.6, 0.4])
 S = 0.25
-REPLICATES = 16  # enough runs for their spread to pin the standard error (8 gave se estimates off by 3x)
+REPLICATES = (
+    16  # enough runs for their spread to pin the standard error (8 gave se estimates off by 3x)
+)
 PARTICLES = 2000
 
 
@@ -43,7 +46,10 @@ def result():
     sweep = make_smc_sweep(logprior, loglikelihood, num_mcmc_steps=5, num_integration_steps=8)
     keys = jax.random.split(jax.random.key(0), REPLICATES)
     particles = jax.random.normal(jax.random.key(1), (REPLICATES, PARTICLES, 2))
-    data = (jnp.broadcast_to(MEANS, (REPLICATES, 2, 2)), jnp.broadcast_to(jnp.log(WEIGHTS), (REPLICATES, 2)))
+    data = (
+        jnp.broadcast_to(MEANS, (REPLICATES, 2, 2)),
+        jnp.broadcast_to(jnp.log(WEIGHTS), (REPLICATES, 2)),
+    )
     return sweep(keys, particles, data)
 
 
@@ -55,8 +61,8 @@ def test_mode_masses_and_evidence_match_closed_form(result):
     in_first = nearest == 0
     var = S**2 / (1 + S**2)
     # Per replicate: the mode's mass, the log evidence, and the first mode's mean and variance.
-    # Replicates are independent runs, so their spread is the Monte Carlo error of their mean (resampled
-    # particles are correlated within a run; across runs they are not).
+    # Replicates are independent runs, so their spread is the Monte Carlo error of their mean
+    # (resampled particles are correlated within a run; across runs they are not).
     per_run = {
         "mass": (in_first.mean(axis=1), mass[0]),
         "log_evidence": (np.asarray(result.log_evidence), log_evidence),
@@ -79,7 +85,9 @@ def test_errors_name_the_problem():
         make_smc_sweep(logprior, loglikelihood, target_ess=1.5)
     with pytest.raises(ValueError, match="num_mcmc_steps"):
         make_smc_sweep(logprior, loglikelihood, num_mcmc_steps=0)
-    sweep = make_smc_sweep(logprior, loglikelihood, num_mcmc_steps=1, num_integration_steps=2, max_num_steps=2)
+    sweep = make_smc_sweep(
+        logprior, loglikelihood, num_mcmc_steps=1, num_integration_steps=2, max_num_steps=2
+    )
     data = (jnp.asarray(MEANS)[None], jnp.log(jnp.asarray(WEIGHTS))[None])
     particles = jax.random.normal(jax.random.key(1), (1, 200, 2))
     with pytest.raises(RuntimeError, match="max_num_steps=2"):

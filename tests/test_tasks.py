@@ -154,15 +154,11 @@ ALL_FAMILIES = ("digits", "grokking", "legendre", "tms")
 
 @pytest.mark.parametrize(
     "family, kwargs, name",
-    [
-        (family, dict(num_null=-1), "num_null") for family in ALL_FAMILIES
-    ] + [
-        (family, dict(window=(0, 50), num_steps=100), "window") for family in ALL_FAMILIES
-    ] + [
-        (family, dict(window=(10, 200), num_steps=100), "window") for family in ALL_FAMILIES
-    ] + [
-        (family, dict(batch_size=0), "batch_size") for family in ("digits", "legendre", "tms")
-    ] + [
+    [(family, dict(num_null=-1), "num_null") for family in ALL_FAMILIES]
+    + [(family, dict(window=(0, 50), num_steps=100), "window") for family in ALL_FAMILIES]
+    + [(family, dict(window=(10, 200), num_steps=100), "window") for family in ALL_FAMILIES]
+    + [(family, dict(batch_size=0), "batch_size") for family in ("digits", "legendre", "tms")]
+    + [
         ("legendre", dict(learned_fraction=0.0), "learned_fraction"),
         ("legendre", dict(learned_fraction=1.5), "learned_fraction"),
         ("digits", dict(min_separation=5.0), "min_separation"),

@@ -101,8 +101,10 @@ def test_empirical_crossing_interpolates_on_log_n():
         (lambda: theory.crossing_by_label(6, "5", "6", temperature=-1), "temperature"),
         (lambda: theory.crossing_by_label(6, "5", "6", prior_std=0), "prior_std"),
         (lambda: theory.crossing_by_label(6, "5", "6", n_range=(10, 1)), "n_range"),
-        (lambda: theory.empirical_crossing([100, 200, 400], [0.9, 0.1], [0.1, 0.9, 1.0]),
-         "one length"),
+        (
+            lambda: theory.empirical_crossing([100, 200, 400], [0.9, 0.1], [0.1, 0.9, 1.0]),
+            "one length",
+        ),
         (lambda: theory.free_energy(np.nan, 0.1, 7, 3), "n must be"),
     ],
 )

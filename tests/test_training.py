@@ -146,8 +146,13 @@ def test_gradient_descent_on_a_quadratic_matches_the_closed_form():
     theta0, target = _theta0(), np.array([0.5, -1.0], np.float32)
     schedule = checkpoint_schedule(NUM_STEPS, 12)
     result = run_ensemble(
-        _step, _record, _initial_states(theta0), schedule, shared=_Quadratic(jnp.asarray(target)),
-        progress=False, checkpoints_per_chunk=4,
+        _step,
+        _record,
+        _initial_states(theta0),
+        schedule,
+        shared=_Quadratic(jnp.asarray(target)),
+        progress=False,
+        checkpoints_per_chunk=4,
     )
     np.testing.assert_array_equal(result.steps, schedule)
     assert result.records["theta"].shape == (4, schedule.size, 2)
@@ -172,8 +177,13 @@ def test_segment_splits_and_chunk_sizes_do_not_change_the_trajectory():
         _step, _record, _initial_states(theta0), schedule, checkpoints_per_chunk=4, **common
     )
     split = run_ensemble(
-        _step, _record, _initial_states(theta0), schedule, checkpoints_per_chunk=3,
-        max_segment_steps=7, **common,
+        _step,
+        _record,
+        _initial_states(theta0),
+        schedule,
+        checkpoints_per_chunk=3,
+        max_segment_steps=7,
+        **common,
     )
     np.testing.assert_array_equal(split.steps, one.steps)
     np.testing.assert_array_equal(split.records["theta"], one.records["theta"])
@@ -194,12 +204,22 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
 
     with pytest.raises(RuntimeError):
         run_ensemble(
-            _step, _record, _initial_states(theta0), schedule, store=store,
-            on_chunk=crash_at_chunk_two, **common,
+            _step,
+            _record,
+            _initial_states(theta0),
+            schedule,
+            store=store,
+            on_chunk=crash_at_chunk_two,
+            **common,
         )
     resumed = run_ensemble(
-        _step, _record, _initial_states(theta0), schedule, store=store,
-        on_chunk=lambda i, s, r: seen.append(i), **common,
+        _step,
+        _record,
+        _initial_states(theta0),
+        schedule,
+        store=store,
+        on_chunk=lambda i, s, r: seen.append(i),
+        **common,
     )
     assert seen[:4] == [0, 1, 2, 2]  # chunks 0, 1 loaded from disk; chunk 2 re-run after the crash
     np.testing.assert_array_equal(resumed.steps, fresh.steps)
@@ -214,7 +234,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path):
         run_ensemble(_step, _record, _initial_states(theta0), longer, store=store, **common)
     with pytest.raises(ValueError, match="other settings"):
         run_ensemble(
-            _step, _record, _initial_states(theta0), schedule, store=store, fingerprint={"a": 1},
+            _step,
+            _record,
+            _initial_states(theta0),
+            schedule,
+            store=store,
+            fingerprint={"a": 1},
             **common,
         )
 
@@ -224,14 +249,24 @@ def test_new_shared_data_of_the_same_shape_runs_without_recompiling(caplog):
     theta0 = _theta0()
     schedule = checkpoint_schedule(NUM_STEPS, 12)
     run_ensemble(
-        _step, _record, _initial_states(theta0), schedule, shared=_Quadratic(jnp.zeros(2)),
-        progress=False, checkpoints_per_chunk=4,
+        _step,
+        _record,
+        _initial_states(theta0),
+        schedule,
+        shared=_Quadratic(jnp.zeros(2)),
+        progress=False,
+        checkpoints_per_chunk=4,
     )
     target = np.array([-3.0, 7.0], np.float32)
     with jax.log_compiles(), caplog.at_level(logging.WARNING):
         result = run_ensemble(
-            _step, _record, _initial_states(theta0), schedule,
-            shared=_Quadratic(jnp.asarray(target)), progress=False, checkpoints_per_chunk=4,
+            _step,
+            _record,
+            _initial_states(theta0),
+            schedule,
+            shared=_Quadratic(jnp.asarray(target)),
+            progress=False,
+            checkpoints_per_chunk=4,
         )
     messages = [r.getMessage() for r in caplog.records]
     compiles = [m[:80] for m in messages if "Compiling" in m and "run_chunk" in m]
@@ -284,8 +319,12 @@ def test_chunk_program_is_cached_per_step_and_record_function():
 )
 def test_run_ensemble_rejects_bad_arguments(change, name):
     arguments = dict(
-        step_fn=lambda s, r, d: s, record_fn=lambda s, r, d: s, state=jnp.zeros((4, 2)),
-        schedule=[1, 2], run_inputs=jnp.zeros(4), progress=False,
+        step_fn=lambda s, r, d: s,
+        record_fn=lambda s, r, d: s,
+        state=jnp.zeros((4, 2)),
+        schedule=[1, 2],
+        run_inputs=jnp.zeros(4),
+        progress=False,
     )
     arguments.update(change)
     with pytest.raises(ValueError, match=name):

@@ -5,8 +5,8 @@ The generic engine, for any JAX model (a loss of a parameter pytree): local lear
 (:mod:`tmsjax.sampling`), vmapped training ensembles with checkpoints (:mod:`tmsjax.training`), and
 weight-only phase-transition probes, change points and scoring (:mod:`tmsjax.transitions`).
 
-The Toy Model of Superposition lives in its own wing, :mod:`tmsjax.tms` (``from tmsjax import tms``),
-which uses the engine; the engine never imports it.
+The Toy Model of Superposition lives in its own wing, :mod:`tmsjax.tms`
+(``from tmsjax import tms``), which uses the engine; the engine never imports it.
 """
 
 from tmsjax.llc import LLCResult, estimate_llc, llc_along_training, llc_grid, verdict

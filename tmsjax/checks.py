@@ -1,7 +1,8 @@
 """Argument validation at public entry points: a ValueError that names the bad argument.
 
 Shape and dtype checks run at trace time (shapes are static). Value checks (NaN, n <= 0) run only on
-concrete arrays: inside jit the values are tracers and failures become data instead (docs/architecture.md, decision 8).
+concrete arrays: inside jit the values are tracers and failures become data instead
+(docs/architecture.md, decision 8).
 """
 
 import jax
@@ -20,7 +21,9 @@ def as_float_array(name: str, value, ndim: int | None = None):
         try:
             array = jax.numpy.asarray(value)
         except TypeError as error:
-            raise ValueError(f"{name} must be an array of numbers, got {type(value).__name__}") from error
+            raise ValueError(
+                f"{name} must be an array of numbers, got {type(value).__name__}"
+            ) from error
     if not (jax.numpy.issubdtype(array.dtype, jax.numpy.floating)):
         if jax.numpy.issubdtype(array.dtype, jax.numpy.integer) and is_concrete(array):
             array = array.astype(jax.numpy.result_type(float))
@@ -59,7 +62,8 @@ def check_nonnegative_int(name: str, value) -> int:
 
 
 def check_real_array(name: str, value, ndim: int) -> np.ndarray:
-    """A non-empty, finite float64 numpy array with `ndim` dimensions (host-side settings, not traced data)."""
+    """A non-empty, finite float64 numpy array with `ndim` dimensions (host-side settings, not
+    traced data)."""
     if isinstance(value, str):
         raise ValueError(f"{name} must be an array of numbers, got a string")
     try:
@@ -86,7 +90,9 @@ def check_params(W, b, *, batched: bool = False, num_hidden: int | None = None):
     if batched and W.shape[0] != b.shape[0]:
         raise ValueError(f"W and b must share the batch axis, got {W.shape[0]} and {b.shape[0]}")
     if num_hidden is not None and W.shape[-2] != num_hidden:
-        raise ValueError(f"W must have num_hidden={num_hidden} rows here, got shape {tuple(W.shape)}")
+        raise ValueError(
+            f"W must have num_hidden={num_hidden} rows here, got shape {tuple(W.shape)}"
+        )
     check_finite("W", W)
     check_finite("b", b)
     return W, b

@@ -1,19 +1,19 @@
-"""One results layout for every experiment and sweep (docs/architecture.md, decision 5), written as work finishes.
+"""One results layout for every experiment and sweep (docs/architecture.md, decision 5), written as
+work finishes.
 
 ``--out DIR`` holds ``config.json`` (every setting plus library versions and the device),
 ``summary.json`` (small and readable), arrays as ``.npz`` and figures as PNG/GIF. Files are written
-atomically (temp file + rename), so a crash or Ctrl-C never leaves a half-written result, and a re-run
-with the same config finds what is done and skips it.
+atomically (temp file + rename), so a crash or Ctrl-C never leaves a half-written result, and a
+re-run with the same config finds what is done and skips it.
 """
 
+import importlib.metadata
 import json
 import os
 import platform
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import importlib.metadata
 
 import jax
 import numpy as np
@@ -131,7 +131,12 @@ class ResultStore:
         import matplotlib.pyplot as plt
 
         path = self.path(name if "." in name else f"{name}.png")
-        _atomic_write(path, lambda handle: figure.savefig(handle, format=path.suffix[1:], dpi=130, bbox_inches="tight"))
+        _atomic_write(
+            path,
+            lambda handle: figure.savefig(
+                handle, format=path.suffix[1:], dpi=130, bbox_inches="tight"
+            ),
+        )
         plt.close(figure)
         return path
 

@@ -1,22 +1,23 @@
 r"""Scale-out: shard the leading grid axis of a sweep over every device of a `jax.sharding.Mesh`.
 
-Every sweep in tmsjax stacks what varies (dataset size n, chain, seed, hyperparameters) on one leading
-"grid" axis and vmaps over it (docs/architecture.md, decision 3). Grid elements never talk to each other, so the grid can
-be split across devices with no communication: put each input with ``NamedSharding(mesh, P("grid"))``
-and jit propagates that sharding through the vmapped program (GSPMD), each device running its slice.
+Every sweep in tmsjax stacks what varies (dataset size n, chain, seed, hyperparameters) on one
+leading "grid" axis and vmaps over it (docs/architecture.md, decision 3). Grid elements never talk
+to each other, so the grid can be split across devices with no communication: put each input with
+``NamedSharding(mesh, P("grid"))`` and jit propagates that sharding through the vmapped program
+(GSPMD), each device running its slice.
 
 The grid is padded to a multiple of the device count by repeating its last element (a valid input,
 so padded elements cannot produce NaNs or divergences that pollute diagnostics), and the padding is
 sliced off the outputs.
 
-Many hosts (e.g. several GPU nodes): call ``jax.distributed.initialize()`` at the top of the entry point
-on every host (coordinator address, process count and id from the cluster environment, e.g. SLURM or
-``JAX_COORDINATOR_ADDRESS``), then run the *same* program on every host. :func:`grid_mesh` takes
-``jax.devices()``, which after initialisation lists the devices of all hosts, and :func:`shard_grid`
-builds the global arrays with ``jax.make_array_from_callback``, so each host materialises only the
-slices its own devices hold. Outputs are global arrays; :func:`gather` brings them to every host
-(``multihost_utils.process_allgather``) for writing results, which one host (``jax.process_index() ==
-0``) should do.
+Many hosts (e.g. several GPU nodes): call ``jax.distributed.initialize()`` at the top of the entry
+point on every host (coordinator address, process count and id from the cluster environment, e.g.
+SLURM or ``JAX_COORDINATOR_ADDRESS``), then run the *same* program on every host. :func:`grid_mesh`
+takes ``jax.devices()``, which after initialisation lists the devices of all hosts, and
+:func:`shard_grid` builds the global arrays with ``jax.make_array_from_callback``, so each host
+materialises only the slices its own devices hold. Outputs are global arrays; :func:`gather` brings
+them to every host (``multihost_utils.process_allgather``) for writing results, which one host
+(``jax.process_index() == 0``) should do.
 
 Example::
 
@@ -96,7 +97,9 @@ def shard_grid(tree: PyTree, mesh: Mesh | None = None) -> tuple[PyTree, int]:
         if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             impl = jax.random.key_impl(leaf)
             data = np.asarray(jax.random.key_data(leaf))
-            raw = jax.make_array_from_callback(data.shape, NamedSharding(mesh, P(GRID_AXIS)), lambda i: data[i])
+            raw = jax.make_array_from_callback(
+                data.shape, NamedSharding(mesh, P(GRID_AXIS)), lambda i: data[i]
+            )
             return jax.random.wrap_key_data(raw, impl=impl)
         host = np.asarray(leaf)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
@@ -120,9 +123,19 @@ def gather(tree: PyTree) -> PyTree:
 
 def run_sharded(fn, *args, mesh: Mesh | None = None):
     """Calls ``fn(*args)`` (a jitted, vmapped sweep) with every arg's grid axis sharded over `mesh`,
-    and returns its output unpadded. Args that are not arrays with the grid axis must be closed over."""
+    and returns its output unpadded. Args that are not arrays with the grid axis must be closed
+    over."""
     sharded, size = shard_grid(args, mesh)
     return unpad(fn(*sharded), size)
 
 
-__all__ = ["GRID_AXIS", "grid_mesh", "grid_size", "pad_grid", "shard_grid", "unpad", "gather", "run_sharded"]
+__all__ = [
+    "GRID_AXIS",
+    "grid_mesh",
+    "grid_size",
+    "pad_grid",
+    "shard_grid",
+    "unpad",
+    "gather",
+    "run_sharded",
+]

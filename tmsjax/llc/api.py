@@ -102,8 +102,15 @@ def _estimate_jit(
     key, center, data, nbeta, step_size, localization, *, loss_fn, chains, minibatch_fn
 ):
     return sample_llc(
-        key, center, data, nbeta, step_size, localization,
-        loss_fn=loss_fn, chains=chains, minibatch_fn=minibatch_fn,
+        key,
+        center,
+        data,
+        nbeta,
+        step_size,
+        localization,
+        loss_fn=loss_fn,
+        chains=chains,
+        minibatch_fn=minibatch_fn,
     )
 
 
@@ -164,8 +171,15 @@ def estimate_llc(
     if nbeta.ndim != 0:
         raise ValueError(f"num_data must be a scalar here, got shape {nbeta.shape}")
     return _estimate_jit(
-        key, arrays, data, nbeta, settings.step_size, settings.localization,
-        loss_fn=loss, chains=settings.chains, minibatch_fn=minibatch_fn,
+        key,
+        arrays,
+        data,
+        nbeta,
+        settings.step_size,
+        settings.localization,
+        loss_fn=loss,
+        chains=settings.chains,
+        minibatch_fn=minibatch_fn,
     )
 
 
@@ -196,8 +210,17 @@ def _map_cells(fn, xs, cell_batch):
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "chains", "minibatch_fn", "cell_batch"))
 def _grid_jit(
-    keys, center, data, nbetas, step_sizes, localizations,
-    *, loss_fn, chains, minibatch_fn, cell_batch,
+    keys,
+    center,
+    data,
+    nbetas,
+    step_sizes,
+    localizations,
+    *,
+    loss_fn,
+    chains,
+    minibatch_fn,
+    cell_batch,
 ):
     core = functools.partial(sample_llc, loss_fn=loss_fn, chains=chains, minibatch_fn=minibatch_fn)
 
@@ -253,8 +276,15 @@ def llc_grid(
     shape = (len(step_sizes), len(localizations), len(nbetas))
     keys = jax.random.split(key, len(cells))
     flat = _grid_jit(
-        keys, arrays, data, cells[:, 2], cells[:, 0], cells[:, 1],
-        loss_fn=loss, chains=settings.chains, minibatch_fn=minibatch_fn,
+        keys,
+        arrays,
+        data,
+        cells[:, 2],
+        cells[:, 0],
+        cells[:, 1],
+        loss_fn=loss,
+        chains=settings.chains,
+        minibatch_fn=minibatch_fn,
         cell_batch=_check_cell_batch(cell_batch),
     )
     result = jax.tree.map(lambda x: x.reshape(*shape, *x.shape[1:]), flat)
@@ -268,12 +298,28 @@ def llc_grid(
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "loss_fn", "chains", "minibatch_fn", "data_per_run", "num_checkpoints", "cell_batch"
+        "loss_fn",
+        "chains",
+        "minibatch_fn",
+        "data_per_run",
+        "num_checkpoints",
+        "cell_batch",
     ),
 )
 def _along_jit(
-    keys, centers, data, nbeta, step_size, localization,
-    *, loss_fn, chains, minibatch_fn, data_per_run, num_checkpoints, cell_batch,
+    keys,
+    centers,
+    data,
+    nbeta,
+    step_size,
+    localization,
+    *,
+    loss_fn,
+    chains,
+    minibatch_fn,
+    data_per_run,
+    num_checkpoints,
+    cell_batch,
 ):
     core = functools.partial(sample_llc, loss_fn=loss_fn, chains=chains, minibatch_fn=minibatch_fn)
     run_index = jnp.arange(keys.shape[0]) // num_checkpoints
@@ -355,9 +401,18 @@ def llc_along_training(
     centers = jax.tree.map(lambda x: jnp.reshape(x, (num_cells, *jnp.shape(x)[2:])), arrays)
     keys = jax.random.split(key, num_runs * num_checkpoints)
     flat = _along_jit(
-        keys, centers, data, nbeta, settings.step_size, settings.localization, loss_fn=loss,
-        chains=settings.chains, minibatch_fn=minibatch_fn, data_per_run=data_per_run,
-        num_checkpoints=int(num_checkpoints), cell_batch=_check_cell_batch(cell_batch),
+        keys,
+        centers,
+        data,
+        nbeta,
+        settings.step_size,
+        settings.localization,
+        loss_fn=loss,
+        chains=settings.chains,
+        minibatch_fn=minibatch_fn,
+        data_per_run=data_per_run,
+        num_checkpoints=int(num_checkpoints),
+        cell_batch=_check_cell_batch(cell_batch),
     )
     return jax.tree.map(lambda x: x.reshape(num_runs, num_checkpoints, *x.shape[1:]), flat)
 

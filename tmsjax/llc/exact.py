@@ -127,8 +127,9 @@ def normal_crossing(k, h=None) -> LearningCoefficient:
         raise ValueError(f"k must be non-negative with a positive entry, got {k.tolist()}")
     h = _prior_exponents(h, k.size)
     # Fraction(float) is exact, so equal ratios tie exactly rather than up to round-off.
-    ratios = [(Fraction(float(hi)) + 1) / (2 * Fraction(float(ki)))
-              for ki, hi in zip(k, h) if ki > 0]
+    ratios = [
+        (Fraction(float(hi)) + 1) / (2 * Fraction(float(ki))) for ki, hi in zip(k, h) if ki > 0
+    ]
     lam = min(ratios)
     return LearningCoefficient(float(lam), ratios.count(lam))
 
@@ -139,8 +140,9 @@ def normal_crossing(k, h=None) -> LearningCoefficient:
 
 
 def _linprog(c, A_ub, b_ub, A_eq, b_eq) -> scipy.optimize.OptimizeResult:
-    result = scipy.optimize.linprog(c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=(0, None),
-                                    method="highs")
+    result = scipy.optimize.linprog(
+        c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=(0, None), method="highs"
+    )
     if result.status != 0:
         raise RuntimeError(f"linear programme failed: {result.message}")
     return result
@@ -199,7 +201,8 @@ def monomial_sum(exponents, h=None) -> LearningCoefficient:
     tol = 1e-6 * max(1.0, float(np.max(p)))
     ones = np.ones((1, num_monomials))
     in_face_vertices = [
-        j for j in range(num_monomials)
+        j
+        for j in range(num_monomials)
         if -_linprog(-np.eye(num_monomials)[j], vertices.T, p, ones, [1.0]).fun > tol
     ]
     in_face_directions = [
@@ -280,8 +283,9 @@ def _aoyagi_sigma(m: Sequence[int]) -> list[int]:
       The sorted indices of Σ.
     """
     order = sorted(range(len(m)), key=lambda j: m[j])
-    size = max(k for k in range(2, len(m) + 1)
-               if sum(m[j] for j in order[:k]) >= (k - 1) * m[order[k - 1]])
+    size = max(
+        k for k in range(2, len(m) + 1) if sum(m[j] for j in order[:k]) >= (k - 1) * m[order[k - 1]]
+    )
     sigma, rest = order[:size], order[size:]
     # The argument above says this cannot fail; check the theorem's conditions rather than trust it.
     ell, total = size - 1, sum(m[j] for j in sigma)

@@ -130,8 +130,14 @@ def diagnose(draws, init_loss, nbeta, llc_per_chain, acceptance, is_finite) -> L
     escaped = (escape_fraction > ESCAPE_FRACTION) | (llc_per_chain < 0)
     low_acceptance = acceptance < MIN_ACCEPTANCE  # False for NaN (not estimated)
     return LLCDiagnostics(
-        ~is_finite, is_finite & escaped, is_finite & drifting, is_finite & low_acceptance,
-        escape_fraction, drift, drift_z, acceptance,
+        ~is_finite,
+        is_finite & escaped,
+        is_finite & drifting,
+        is_finite & low_acceptance,
+        escape_fraction,
+        drift,
+        drift_z,
+        acceptance,
     )
 
 

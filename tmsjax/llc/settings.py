@@ -178,8 +178,13 @@ class LLCSettings:
     def chains(self) -> ChainSettings:
         """The static part (everything but ε, γ, nβ): the jit's static argument."""
         return ChainSettings(
-            self.num_chains, self.num_steps, self.num_burnin, self.thinning, self.batch_size,
-            self.draw_loss, self.sampler,
+            self.num_chains,
+            self.num_steps,
+            self.num_burnin,
+            self.thinning,
+            self.batch_size,
+            self.draw_loss,
+            self.sampler,
         )
 
     @property

@@ -6,8 +6,8 @@ sequence estimator as implemented by blackjax (Stan's definition); R-hat is the 
 Gelman–Rubin potential scale reduction.
 
 References:
-  Vehtari, Gelman, Simpson, Carpenter, Bürkner (2021), "Rank-normalization, folding, and localization:
-  an improved R-hat for assessing convergence of MCMC", Bayesian Analysis.
+  Vehtari, Gelman, Simpson, Carpenter, Bürkner (2021), "Rank-normalization, folding, and
+  localization: an improved R-hat for assessing convergence of MCMC", Bayesian Analysis.
 """
 
 import functools
@@ -102,19 +102,27 @@ def count_nonfinite(tree: PyTree) -> int:
     return int(sum(np.sum(~np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(tree)))
 
 
-def summarize_chains(positions: PyTree, is_divergent=None, tree_depth=None, acceptance_rate=None) -> dict:
+def summarize_chains(
+    positions: PyTree, is_divergent=None, tree_depth=None, acceptance_rate=None
+) -> dict:
     """A small JSON-ready summary: worst ESS and R-hat over all parameters, divergences, NaNs.
 
     Args:
       positions: pytree with leaves (num_chains, num_draws, ...).
-      is_divergent, tree_depth, acceptance_rate: optional per-draw sampler info (num_chains, num_draws).
+      is_divergent, tree_depth, acceptance_rate: optional per-draw sampler info
+        (num_chains, num_draws).
     """
     import jax
 
     flat = np.concatenate(
-        [np.asarray(leaf).reshape(*np.shape(leaf)[:2], -1) for leaf in jax.tree.leaves(positions)], axis=-1
+        [np.asarray(leaf).reshape(*np.shape(leaf)[:2], -1) for leaf in jax.tree.leaves(positions)],
+        axis=-1,
     )
-    summary = {"num_chains": int(flat.shape[0]), "num_draws": int(flat.shape[1]), "num_nonfinite": count_nonfinite(positions)}
+    summary = {
+        "num_chains": int(flat.shape[0]),
+        "num_draws": int(flat.shape[1]),
+        "num_nonfinite": count_nonfinite(positions),
+    }
     if flat.shape[1] >= 4 and np.all(np.isfinite(flat)):
         ess = effective_sample_size(flat)
         summary["min_ess"] = float(np.nanmin(ess))

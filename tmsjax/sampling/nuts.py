@@ -3,11 +3,11 @@ r"""NUTS (and ChEES-HMC) sweeps: many targets × many chains in one compiled pro
 A *sweep* is a leading grid axis of independent chains, each with its own target
 ``logdensity_fn(position, data)`` (e.g. the TMS posterior at its own dataset size n, the dataset
 padded to n_max with a mask so every n shares one shape), its own PRNG key and its own initial
-position. :func:`make_nuts_sweep` returns one jitted, vmapped function of (keys, positions, data) that
-runs, per chain, blackjax's Stan-style ``window_adaptation`` (step size by dual averaging, diagonal
-mass matrix from windowed variance estimates) followed by ``num_samples`` NUTS transitions in a
-``lax.scan``. It records divergences, tree depth, integration steps and acceptance of every draw.
-The grid can be sharded over all devices of a mesh (:mod:`tmsjax.sharding`).
+position. :func:`make_nuts_sweep` returns one jitted, vmapped function of (keys, positions, data)
+that runs, per chain, blackjax's Stan-style ``window_adaptation`` (step size by dual averaging,
+diagonal mass matrix from windowed variance estimates) followed by ``num_samples`` NUTS transitions
+in a ``lax.scan``. It records divergences, tree depth, integration steps and acceptance of every
+draw. The grid can be sharded over all devices of a mesh (:mod:`tmsjax.sharding`).
 
 Lockstep. Under vmap the NUTS tree-building ``while_loop`` runs until the *longest* trajectory of
 the batch is done; the other lanes wait (blackjax docs, "How to sample multiple chains"). The cost
@@ -39,7 +39,6 @@ from jax.flatten_util import ravel_pytree
 
 from tmsjax import sharding
 from tmsjax.checks import check_positive_int
-
 from tmsjax.types import Array, Bool, Float, Int, PRNGKey, PyTree
 
 
@@ -93,13 +92,15 @@ def build_nuts_chain(
     max_num_doublings: int = 10,
     initial_step_size: float = 0.1,
 ) -> Callable[[PRNGKey, PyTree, PyTree], SweepResult]:
-    r"""One chain: window adaptation then NUTS, as a pure function ``(key, position, data) -> result``.
+    r"""One chain: window adaptation then NUTS, as a pure function
+    ``(key, position, data) -> result``.
 
     Args:
       logdensity_fn: ``(position, data) -> log density``; `data` is whatever varies per target.
       num_warmup: adaptation steps (Stan's windowed schedule: fast / slow doubling windows / fast).
       num_samples: draws kept after warmup.
-      target_acceptance_rate: dual-averaging target (0.8, Stan's default; raise it to cut divergences).
+      target_acceptance_rate: dual-averaging target (0.8, Stan's default; raise it to cut
+        divergences).
       max_num_doublings: NUTS tree depth cap (10 = 1023 leapfrog steps, Stan's default).
       initial_step_size: where dual averaging starts (0.1: the TMS posterior at n ~ 10³ has
         curvature ~ n, so a unit step would diverge at once and waste the first windows).
@@ -119,14 +120,19 @@ def build_nuts_chain(
         )
         key_warmup, key_sample = jax.random.split(key)
         (state, parameters), warmup_info = warmup.run(key_warmup, position, num_steps=num_warmup)
-        # `parameters` already carries max_num_doublings (window_adaptation passes extra parameters on).
-        kernel = blackjax.nuts(logdensity, **{"max_num_doublings": max_num_doublings, **parameters}).step
+        # `parameters` already carries max_num_doublings
+        # (window_adaptation passes extra parameters on).
+        kernel = blackjax.nuts(
+            logdensity, **{"max_num_doublings": max_num_doublings, **parameters}
+        ).step
 
         def one_step(state, step_key):
             state, info = kernel(step_key, state)
             return state, (state.position, _draw_info(state, info, info.num_integration_steps))
 
-        _, (positions, infos) = jax.lax.scan(one_step, state, jax.random.split(key_sample, num_samples))
+        _, (positions, infos) = jax.lax.scan(
+            one_step, state, jax.random.split(key_sample, num_samples)
+        )
         return SweepResult(
             positions=positions,
             info=infos,
@@ -153,8 +159,8 @@ def make_nuts_sweep(
     """A jitted sweep ``(keys (G,), positions (G, ...), data (G, ...)) -> SweepResult`` over a grid.
 
     Build it once and call it for every block of a sweep: same shapes, one compilation. With a
-    `mesh`, the grid axis is padded and sharded over its devices (:func:`tmsjax.sharding.shard_grid`)
-    and the result is identical to the unsharded run.
+    `mesh`, the grid axis is padded and sharded over its devices
+    (:func:`tmsjax.sharding.shard_grid`) and the result is identical to the unsharded run.
 
     `data_axes` is a ``vmap`` in_axes prefix of `data`: ``None`` marks leaves shared by every grid
     element (no grid axis), e.g. ``Dataset(x=None, mask=0)`` for nested datasets, where every n
@@ -166,8 +172,12 @@ def make_nuts_sweep(
     Raises (at call time):
       ValueError: if the grid axes of keys, positions and data disagree, or positions hold NaN.
     """
-    _check_counts(num_warmup=num_warmup, num_samples=num_samples, max_num_doublings=max_num_doublings)
-    _check_settings(target_acceptance_rate=target_acceptance_rate, initial_step_size=initial_step_size)
+    _check_counts(
+        num_warmup=num_warmup, num_samples=num_samples, max_num_doublings=max_num_doublings
+    )
+    _check_settings(
+        target_acceptance_rate=target_acceptance_rate, initial_step_size=initial_step_size
+    )
     chain = build_nuts_chain(
         logdensity_fn,
         num_warmup=num_warmup,
@@ -183,12 +193,13 @@ def make_nuts_sweep(
     checked = _with_grid_checks(compiled, mesh)
 
     def sweep(keys, positions, data):
-        if mesh is not None:  # sharding needs a grid axis on every leaf: materialise the shared ones
+        # sharding needs a grid axis on every leaf: materialise the shared ones
+        if mesh is not None:
             size = int(np.shape(keys)[0])
             return checked(keys, positions, broadcast_shared(data, data_axes, size))
-        return _with_grid_checks(compiled_shared, None, grid_data=lambda d: batched_leaves(d, data_axes))(
-            keys, positions, data
-        )
+        return _with_grid_checks(
+            compiled_shared, None, grid_data=lambda d: batched_leaves(d, data_axes)
+        )(keys, positions, data)
 
     return sweep
 
@@ -199,8 +210,17 @@ def _is_none(x) -> bool:
 
 def batched_leaves(data: PyTree, data_axes: PyTree) -> list:
     """The leaves of `data` that carry the grid axis (data_axes 0), as a list."""
-    picked = jax.tree.map(lambda axis, sub: [] if axis is None else jax.tree.leaves(sub), data_axes, data, is_leaf=_is_none)
-    return [leaf for group in jax.tree.leaves(picked, is_leaf=lambda x: isinstance(x, list)) for leaf in group]
+    picked = jax.tree.map(
+        lambda axis, sub: [] if axis is None else jax.tree.leaves(sub),
+        data_axes,
+        data,
+        is_leaf=_is_none,
+    )
+    return [
+        leaf
+        for group in jax.tree.leaves(picked, is_leaf=lambda x: isinstance(x, list))
+        for leaf in group
+    ]
 
 
 def broadcast_shared(data: PyTree, data_axes: PyTree, size: int) -> PyTree:
@@ -225,7 +245,8 @@ def build_chees_group(
     target_acceptance_rate: float = 0.651,
     max_leapfrog_steps: int = 1000,
 ) -> Callable[[PRNGKey, PyTree, PyTree], SweepResult]:
-    """A group of `num_chains` ChEES-HMC chains on one target: ``(key, positions (chains, ...), data)``.
+    """A group of `num_chains` ChEES-HMC chains on one target:
+    ``(key, positions (chains, ...), data)``.
 
     All chains of the group share one step size and one jittered trajectory length (Halton jitter),
     tuned during warmup by Adam on the ChEES criterion (`learning_rate` 0.025 as in the paper's
@@ -252,7 +273,11 @@ def build_chees_group(
         )
         key_warmup, key_sample = jax.random.split(key)
         (states, parameters), warmup_info = warmup.run(
-            key_warmup, positions, initial_step_size, optax.adam(learning_rate), num_warmup,
+            key_warmup,
+            positions,
+            initial_step_size,
+            optax.adam(learning_rate),
+            num_warmup,
             max_sampling_steps=num_samples,
         )
         algorithm = blackjax.dynamic_hmc(logdensity, **parameters)
@@ -261,11 +286,15 @@ def build_chees_group(
             keys = jax.random.split(step_key, num_chains)
             new_states, info = jax.vmap(algorithm.step)(keys, states)
             steps = jax.vmap(
-                lambda s: parameters["integration_steps_fn"](s, *parameters["integration_steps_params"])
+                lambda s: parameters["integration_steps_fn"](
+                    s, *parameters["integration_steps_params"]
+                )
             )(states.random_generator_arg)
             return new_states, (new_states.position, jax.vmap(_draw_info)(new_states, info, steps))
 
-        _, (draws, infos) = jax.lax.scan(one_step, states, jax.random.split(key_sample, num_samples))
+        _, (draws, infos) = jax.lax.scan(
+            one_step, states, jax.random.split(key_sample, num_samples)
+        )
         swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731  (samples, chains) -> (chains, samples)
         num_divergent = jnp.sum(warmup_info.info.is_divergent, axis=0)
         draws = jax.vmap(jax.vmap(unravel))(draws)
@@ -274,7 +303,8 @@ def build_chees_group(
             info=jax.tree.map(swap, infos),
             step_size=jnp.broadcast_to(parameters["step_size"], (num_chains,)),
             inverse_mass_matrix=jnp.broadcast_to(
-                parameters["inverse_mass_matrix"], (num_chains, *jnp.shape(parameters["inverse_mass_matrix"]))
+                parameters["inverse_mass_matrix"],
+                (num_chains, *jnp.shape(parameters["inverse_mass_matrix"])),
             ),
             warmup_divergences=num_divergent,
             initial_positions=original_positions,
@@ -312,9 +342,13 @@ def make_chees_sweep(
     checked = _with_grid_checks(compiled, mesh)
 
     def sweep(keys, positions, data):
-        leading = {int(np.shape(x)[1]) if np.ndim(x) >= 2 else None for x in jax.tree.leaves(positions)}
+        leading = {
+            int(np.shape(x)[1]) if np.ndim(x) >= 2 else None for x in jax.tree.leaves(positions)
+        }
         if leading != {num_chains}:
-            raise ValueError(f"positions must have shape (targets, num_chains={num_chains}, ...), got {leading}")
+            raise ValueError(
+                f"positions must have shape (targets, num_chains={num_chains}, ...), got {leading}"
+            )
         result = checked(keys, positions, data)
         return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), result)
 
@@ -327,7 +361,8 @@ def _check_counts(**counts) -> None:
 
 
 def _check_settings(**settings) -> None:
-    """Acceptance rates must lie in (0, 1); step sizes and learning rates must be positive and finite."""
+    """Acceptance rates must lie in (0, 1); step sizes and learning rates must be positive and
+    finite."""
     for name, value in settings.items():
         if name.endswith("acceptance_rate"):
             if not (np.isfinite(value) and 0 < value < 1):
@@ -363,7 +398,9 @@ def lockstep_efficiency(num_integration_steps) -> float:
     """
     steps = np.asarray(num_integration_steps, dtype=float)
     if steps.ndim != 2:
-        raise ValueError(f"num_integration_steps must be (num_chains, num_samples), got {steps.shape}")
+        raise ValueError(
+            f"num_integration_steps must be (num_chains, num_samples), got {steps.shape}"
+        )
     return float(steps.mean(axis=0).sum() / steps.max(axis=0).sum())
 
 

@@ -154,6 +154,7 @@ def build_kernel(loss_fn: LossFn, *, full_batch: bool = True, estimate_acceptanc
         if full_batch or estimate_acceptance:
             new_loss, new_grad = value_and_grad(new_position, batch)
             new_drift = _drift(new_grad, new_position, center, nbeta, localization)
+
             # log q(b | a) = -|b - a - (ε/2) drift(a)|² / (2ε), the Langevin proposal density.
             def residual(to, frm, d):
                 return to - frm - 0.5 * step_size * d
@@ -217,8 +218,17 @@ class SGLD:
         return SGLDState(position, jnp.zeros((), dtype), position)
 
     def step(
-        self, key: PRNGKey, state: SGLDState, batch: Any, center: PyTree, nbeta, step_size,
-        localization, *, loss_fn: LossFn, full_batch: bool = True,
+        self,
+        key: PRNGKey,
+        state: SGLDState,
+        batch: Any,
+        center: PyTree,
+        nbeta,
+        step_size,
+        localization,
+        *,
+        loss_fn: LossFn,
+        full_batch: bool = True,
     ) -> tuple[SGLDState, StepInfo]:
         """One SGLD transition (:func:`build_kernel`'s kernel)."""
         kernel = build_kernel(

@@ -1,20 +1,22 @@
 r"""Adaptive tempered SMC sweeps: phase occupancies that do not rely on chains switching phase.
 
 NUTS chains estimate a phase's posterior mass by how long they stay there, which needs them to cross
-between phases many times. Near the 5 → 6 transition of TMS they cross a few times per thousand draws
-at n ≥ 550, so the occupancy leans on where the chains started. Tempered sequential Monte Carlo
-(Del Moral, Doucet, Jasra 2006) does not need crossings: particles drawn from the prior (where every
-phase is reachable) are moved through the tempered posteriors
+between phases many times. Near the 5 → 6 transition of TMS they cross a few times per thousand
+draws at n ≥ 550, so the occupancy leans on where the chains started. Tempered sequential Monte
+Carlo (Del Moral, Doucet, Jasra 2006) does not need crossings: particles drawn from the prior (where
+every phase is reachable) are moved through the tempered posteriors
 
-.. math:: \pi_\beta(w) \propto \varphi(w)\, e^{\beta \ell(w)}, \qquad 0 = \beta_0 < \beta_1 < \dots < \beta_T = 1,
+.. math:: \pi_\beta(w) \propto \varphi(w)\, e^{\beta \ell(w)},
+          \qquad 0 = \beta_0 < \beta_1 < \dots < \beta_T = 1,
 
-(ℓ the log likelihood, here −n L_n) by importance reweighting with :math:`e^{(\beta_{t+1}-\beta_t)\ell}`,
-resampling, and a few HMC moves at each β. A phase's share of the particles at β = 1 is a consistent
-estimate of its posterior mass whatever the barrier between phases, and the product of the mean
-incremental weights estimates the evidence :math:`\log \int \varphi\, e^{\ell}`.
+(ℓ the log likelihood, here −n L_n) by importance reweighting with
+:math:`e^{(\beta_{t+1}-\beta_t)\ell}`, resampling, and a few HMC moves at each β. A phase's share of
+the particles at β = 1 is a consistent estimate of its posterior mass whatever the barrier between
+phases, and the product of the mean incremental weights estimates the evidence
+:math:`\log \int \varphi\, e^{\ell}`.
 
-Built on blackjax's ``adaptive_tempered_smc`` (the next β keeps the weights' ESS at ``target_ess`` of
-the particles) with a blackjax HMC mutation kernel whose diagonal mass matrix is the particles'
+Built on blackjax's ``adaptive_tempered_smc`` (the next β keeps the weights' ESS at ``target_ess``
+of the particles) with a blackjax HMC mutation kernel whose diagonal mass matrix is the particles'
 variance at the current β and whose step size follows the mean acceptance rate, as in blackjax's
 tuned-SMC recipe. Like :mod:`tmsjax.sampling.nuts`, a sweep maps one compiled program over a grid of
 targets (e.g. every dataset size n), and knows nothing about TMS.
@@ -82,30 +84,44 @@ def build_tempered_smc(
       num_mcmc_steps: HMC moves per particle after each reweighting.
       num_integration_steps: leapfrog steps per HMC move.
       target_ess: fraction of particles the weights' ESS keeps at each step (sets the next β).
-      target_acceptance_rate: the step size is multiplied by exp(acceptance − target) after each step.
+      target_acceptance_rate: the step size is multiplied by exp(acceptance − target) after each
+        step.
       initial_step_size: HMC step size at β = 0 (in units of the particles' standard deviation).
       max_num_steps: tempering steps allowed before giving up (see ``reached_target``).
 
     Raises:
       ValueError: on a non-positive count, or a rate or target_ess outside (0, 1).
     """
-    _check_counts(num_mcmc_steps=num_mcmc_steps, num_integration_steps=num_integration_steps,
-                  max_num_steps=max_num_steps)
-    _check_settings(target_acceptance_rate=target_acceptance_rate, initial_step_size=initial_step_size)
+    _check_counts(
+        num_mcmc_steps=num_mcmc_steps,
+        num_integration_steps=num_integration_steps,
+        max_num_steps=max_num_steps,
+    )
+    _check_settings(
+        target_acceptance_rate=target_acceptance_rate, initial_step_size=initial_step_size
+    )
     if not (np.isfinite(target_ess) and 0 < target_ess < 1):
         raise ValueError(f"target_ess must lie in (0, 1), got {target_ess!r}")
     hmc_kernel = blackjax.hmc.build_kernel()
 
     def mutation_step(key, state, logdensity_fn, step_size, inverse_mass_matrix):
-        return hmc_kernel(key, state, logdensity_fn, step_size, inverse_mass_matrix, num_integration_steps)
+        return hmc_kernel(
+            key, state, logdensity_fn, step_size, inverse_mass_matrix, num_integration_steps
+        )
 
     def run(key, particles, data):
         loglikelihood = lambda position: loglikelihood_fn(position, data)  # noqa: E731
 
         def algorithm(parameters):
             return blackjax.adaptive_tempered_smc(
-                logprior_fn, loglikelihood, mutation_step, blackjax.hmc.init, parameters,
-                resampling.systematic, target_ess, num_mcmc_steps=num_mcmc_steps,
+                logprior_fn,
+                loglikelihood,
+                mutation_step,
+                blackjax.hmc.init,
+                parameters,
+                resampling.systematic,
+                target_ess,
+                num_mcmc_steps=num_mcmc_steps,
             )
 
         nan_trace = jnp.full(max_num_steps, jnp.nan)
@@ -119,7 +135,10 @@ def build_tempered_smc(
             key, key_step = jax.random.split(key)
             flat = jax.vmap(lambda p: ravel_pytree(p)[0])(state.particles)
             # The particles' spread at this β is the posterior's scale: use it as the mass matrix.
-            parameters = {"step_size": step_size[None], "inverse_mass_matrix": jnp.var(flat, axis=0)[None]}
+            parameters = {
+                "step_size": step_size[None],
+                "inverse_mass_matrix": jnp.var(flat, axis=0)[None],
+            }
             state, info = algorithm(parameters).step(key_step, state)
             rate = jnp.mean(info.update_info.acceptance_rate)
             return (
@@ -136,9 +155,19 @@ def build_tempered_smc(
         key_loop, key_final = jax.random.split(key)
         state = algorithm({}).init(particles)
         dtype = jax.tree.leaves(particles)[0].dtype
-        carry = (state, jnp.asarray(initial_step_size, dtype), key_loop, jnp.asarray(0), jnp.asarray(0.0, dtype),
-                 nan_trace, nan_trace, nan_trace)
-        state, _, _, steps, log_evidence, betas, acceptance, sizes = jax.lax.while_loop(not_done, one_step, carry)
+        carry = (
+            state,
+            jnp.asarray(initial_step_size, dtype),
+            key_loop,
+            jnp.asarray(0),
+            jnp.asarray(0.0, dtype),
+            nan_trace,
+            nan_trace,
+            nan_trace,
+        )
+        state, _, _, steps, log_evidence, betas, acceptance, sizes = jax.lax.while_loop(
+            not_done, one_step, carry
+        )
         # One more resampling turns the weighted particle set into equally weighted draws.
         num_particles = state.weights.shape[0]
         index = resampling.systematic(key_final, state.weights, num_particles)
@@ -162,12 +191,13 @@ def make_smc_sweep(
     mesh: jax.sharding.Mesh | None = None,
     **settings,
 ) -> Callable[[PRNGKey, PyTree, PyTree], SMCResult]:
-    """A jitted SMC sweep ``(keys (G,), particles (G, num_particles, ...), data (G, ...)) -> SMCResult``.
+    """A jitted SMC sweep
+    ``(keys (G,), particles (G, num_particles, ...), data (G, ...)) -> SMCResult``.
 
     Every grid element (a target, e.g. one dataset size n, or one replicate of it) runs its own
     tempering schedule; under vmap the loop runs until the slowest element reaches β = 1. `settings`
-    are those of :func:`build_tempered_smc` (validated there); with a `mesh` the grid is sharded over
-    its devices.
+    are those of :func:`build_tempered_smc` (validated there); with a `mesh` the grid is sharded
+    over its devices.
 
     Raises (at call time):
       ValueError: if the grid axes disagree or the particles hold NaN.
@@ -182,8 +212,10 @@ def make_smc_sweep(
         reached = np.asarray(result.reached_target)
         if not reached.all():
             raise RuntimeError(
-                f"tempered SMC did not reach beta = 1 within max_num_steps={result.tempering.shape[-1]} "
-                f"for grid elements {np.flatnonzero(~reached).tolist()}: raise max_num_steps or lower target_ess"
+                "tempered SMC did not reach beta = 1 within "
+                f"max_num_steps={result.tempering.shape[-1]} "
+                f"for grid elements {np.flatnonzero(~reached).tolist()}: "
+                "raise max_num_steps or lower target_ess"
             )
         finite = np.isfinite(np.asarray(result.log_evidence))
         for leaf in jax.tree.leaves(result.particles):
@@ -191,7 +223,8 @@ def make_smc_sweep(
         if not finite.all():
             raise RuntimeError(
                 f"tempered SMC diverged (non-finite particles or evidence) for grid elements "
-                f"{np.flatnonzero(~finite).tolist()}: lower initial_step_size or target_acceptance_rate"
+                f"{np.flatnonzero(~finite).tolist()}: "
+                "lower initial_step_size or target_acceptance_rate"
             )
         return result
 

@@ -1,4 +1,5 @@
-"""The TMS wing: the Toy Model of Superposition of Elhage et al. (2022) as studied by Chen et al. (2023).
+"""The TMS wing: the Toy Model of Superposition of Elhage et al. (2022) as studied by
+Chen et al. (2023).
 
 The model, its data, the closed-form potential, the k-gon critical points, the phase classifier, the
 posterior, the free-energy theory, SGD ensembles and their plateaus, all built on the generic engine

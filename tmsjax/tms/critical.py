@@ -1,20 +1,22 @@
-r"""The catalogue of TMS critical points: regular k-gons labelled :math:`k^{\sigma^+,\sigma^-}` (r = 2).
+r"""The catalogue of TMS critical points: regular k-gons labelled
+:math:`k^{\sigma^+,\sigma^-}` (r = 2).
 
-A :math:`k^{\sigma^+,\sigma^-}`-gon has k live columns of length :math:`l^*` at angles 2πj/k, all with
-bias :math:`b^*`; the other c − k columns are zero ("dead") with bias ≤ 0, σ⁺ of which instead carry
-the bias :math:`b^+ = 1/(2c)` that minimises a dead output's cost :math:`1 - 3b + 3cb^2`. For 4-gons
-(:math:`l^* = 1, b^* = 0`), σ⁻ of the live columns are *silenced*: their bias is so negative
+A :math:`k^{\sigma^+,\sigma^-}`-gon has k live columns of length :math:`l^*` at angles 2πj/k, all
+with bias :math:`b^*`; the other c − k columns are zero ("dead") with bias ≤ 0, σ⁺ of which instead
+carry the bias :math:`b^+ = 1/(2c)` that minimises a dead output's cost :math:`1 - 3b + 3cb^2`. For
+4-gons (:math:`l^* = 1, b^* = 0`), σ⁻ of the live columns are *silenced*: their bias is so negative
 (:math:`b_i \le -l_i^2`) that output i never fires, which costs +1 in H like a dead feature.
 
 For k ≥ 5, :math:`(l^*, b^*)` minimise H over the symmetric ansatz (equivalently solve the two
-equations of Chen et al. App. E.1); by symmetric criticality that point is a critical point of the full
-potential, which we verify (‖∇L‖ < 1e-10 in float64). Losses follow
-:math:`L = (h_k + c - k)/(3c) - \sigma^+/(4c^2)`, and the learning coefficient of the minimally singular
-points (5 ≤ k ≤ c) is :math:`\lambda = (3k - 1)/2 + 3\sigma^+/2`, i.e. half the Hessian rank. 4-gons are
-not minimally singular (H is only C¹ there), so their λ is left as None. Neither is a σ⁺ point that
-also keeps negative-bias dead columns (c − k − σ⁺ > 0, possible from c = 7): the positive dead bias
-couples two zero columns (∂²L/∂W_i∂W_j = b⁺·I/c), a saddle with two negative Hessian directions, so
-its λ is None too; the Hessian of a 4-gon is one-sided (jax differentiates the branch it is on).
+equations of Chen et al. App. E.1); by symmetric criticality that point is a critical point of the
+full potential, which we verify (‖∇L‖ < 1e-10 in float64). Losses follow
+:math:`L = (h_k + c - k)/(3c) - \sigma^+/(4c^2)`, and the learning coefficient of the minimally
+singular points (5 ≤ k ≤ c) is :math:`\lambda = (3k - 1)/2 + 3\sigma^+/2`, i.e. half the Hessian
+rank. 4-gons are not minimally singular (H is only C¹ there), so their λ is left as None. Neither is
+a σ⁺ point that also keeps negative-bias dead columns (c − k − σ⁺ > 0, possible from c = 7): the
+positive dead bias couples two zero columns (∂²L/∂W_i∂W_j = b⁺·I/c), a saddle with two negative
+Hessian directions, so its λ is None too; the Hessian of a 4-gon is one-sided (jax differentiates
+the branch it is on).
 
 Representatives use dead bias −1 and silenced bias −2 (strictly inside the critical set, so SGLD
 chains centred there do not escape across the b = 0 boundary), while the free-energy constant
@@ -55,7 +57,8 @@ class CriticalPoint:
       W, b: a representative (2, c) weight matrix and (c,) bias.
       radius, live_bias: the polygon's column length l* and live bias b*.
       loss: the population loss L = H/(3c).
-      llc: the learning coefficient λ where known in closed form (minimally singular minima), else None.
+      llc: the learning coefficient λ where known in closed form (minimally singular minima), else
+        None.
       grad_norm: ‖∇L‖ at (W, b), float64.
       hessian_eigenvalues: eigenvalues of ∇²L over the 3c parameters (ascending).
       num_zero, num_negative: counts of zero and negative Hessian directions.
@@ -153,16 +156,16 @@ def kgon_params_jax(k: int, radius, bias) -> TMSParams:
     return TMSParams(W, jnp.full(k, 1.0) * bias)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def solve_kgon(k: int) -> tuple[float, float, float]:
     """Radius l*, bias b* and h_k = H(k-gon at c = k) of the regular k-gon critical point, k ≥ 4.
 
     Newton's method on ∇h(l, b) = 0 in float64 from a start that extrapolates the k = 5..8 values.
-    docs/paper_numbers.md §3 says no regular k-gon critical point exists for 9 ≤ k ≤ 203 unless 4 | k; the exact
-    potential disagrees: from this start Newton converges for k = 9..13 to points with ‖∇L‖ ~ 1e-16
-    (confirmed against finite differences of the quadrature loss), the 9-gon (l = 1.61711,
-    b = −1.54232, L = 0.14340 at c = 9) even with a positive semi-definite Hessian. They enter the
-    catalogue only from c = 9, which no experiment here uses.
+    docs/paper_numbers.md §3 says no regular k-gon critical point exists for 9 ≤ k ≤ 203 unless
+    4 | k; the exact potential disagrees: from this start Newton converges for k = 9..13 to points
+    with ‖∇L‖ ~ 1e-16 (confirmed against finite differences of the quadrature loss), the 9-gon
+    (l = 1.61711, b = −1.54232, L = 0.14340 at c = 9) even with a positive semi-definite Hessian.
+    They enter the catalogue only from c = 9, which no experiment here uses.
 
     Raises:
       ValueError: for k < 4, or if Newton does not converge to a point with l* > 0 and b* < 0.
@@ -183,7 +186,10 @@ def solve_kgon(k: int) -> tuple[float, float, float]:
         g = np.asarray(_kgon_grad(jnp.asarray(x), k))
         h = float(_kgon_H(jnp.asarray(x), k))
     if not (np.max(np.abs(g)) < 1e-12 and x[0] > 0 and x[1] < 0):
-        raise ValueError(f"no regular {k}-gon critical point found (l={x[0]:.4g}, b={x[1]:.4g}, |grad|={np.max(np.abs(g)):.2g})")
+        raise ValueError(
+            f"no regular {k}-gon critical point found "
+            f"(l={x[0]:.4g}, b={x[1]:.4g}, |grad|={np.max(np.abs(g)):.2g})"
+        )
     return float(x[0]), float(x[1]), h
 
 
@@ -196,7 +202,9 @@ def _loss_grad_hessian(params: TMSParams):
 
 def _describe(k, sigma_plus, sigma_minus, num_features) -> CriticalPoint:
     radius, bias, h_k = solve_kgon(k)
-    params = kgon_params(k, num_features, radius, bias, sigma_plus=sigma_plus, sigma_minus=sigma_minus)
+    params = kgon_params(
+        k, num_features, radius, bias, sigma_plus=sigma_plus, sigma_minus=sigma_minus
+    )
     with jax.enable_x64(True):
         loss, grad, hessian = _loss_grad_hessian(jax.tree.map(jnp.asarray, params))
         loss, grad_norm, hessian = float(loss), float(jnp.linalg.norm(grad)), np.asarray(hessian)
@@ -229,7 +237,7 @@ def _describe(k, sigma_plus, sigma_minus, num_features) -> CriticalPoint:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _catalogue(num_features: int) -> tuple[CriticalPoint, ...]:
     points = []
     for k in range(4, num_features + 1):
@@ -246,7 +254,8 @@ def _catalogue(num_features: int) -> tuple[CriticalPoint, ...]:
 
 
 def critical_points(num_features: int, num_hidden: int = 2) -> list[CriticalPoint]:
-    r"""The catalogue of :math:`k^{\sigma^+,\sigma^-}`-gon critical points for c features, sorted by loss.
+    r"""The catalogue of :math:`k^{\sigma^+,\sigma^-}`-gon critical points for c features, sorted by
+    loss.
 
     For c = 6 this is the paper's 18 points: {6}, {5, 5⁺}, {4^{σ+,σ−}: σ⁺ ∈ 0..2, σ⁻ ∈ 0..4}.
     Each is refined in float64 to ‖∇L‖ < 1e-10 and carries its Hessian spectrum.
@@ -265,9 +274,14 @@ def critical_points(num_features: int, num_hidden: int = 2) -> list[CriticalPoin
     num_features = check_positive_int("num_features", num_features)
     num_hidden = check_positive_int("num_hidden", num_hidden)
     if num_hidden != 2:
-        raise ValueError(f"num_hidden must be 2 for the k-gon catalogue (polygons in the plane), got {num_hidden}")
+        raise ValueError(
+            "num_hidden must be 2 for the k-gon catalogue (polygons in the plane), "
+            f"got {num_hidden}"
+        )
     if num_features < 4:
-        raise ValueError(f"num_features must be at least 4 for the k-gon catalogue, got {num_features}")
+        raise ValueError(
+            f"num_features must be at least 4 for the k-gon catalogue, got {num_features}"
+        )
     return list(_catalogue(num_features))
 
 
@@ -276,7 +290,10 @@ def expected_loss(k: int, num_features: int, sigma_plus: int = 0, sigma_minus: i
     if not (check_positive_int("num_features", num_features) >= k):
         raise ValueError(f"num_features={num_features} must be at least k={k}")
     if not (0 <= sigma_plus <= num_features - k and 0 <= sigma_minus <= (k if k == 4 else 0)):
-        raise ValueError(f"no {k}-gon with sigma_plus={sigma_plus}, sigma_minus={sigma_minus} at num_features={num_features}")
+        raise ValueError(
+            f"no {k}-gon with sigma_plus={sigma_plus}, sigma_minus={sigma_minus} "
+            f"at num_features={num_features}"
+        )
     _, _, h_k = solve_kgon(k)
     c = num_features
     return (h_k + c - k + sigma_minus) / (3 * c) - sigma_plus / (4 * c**2)

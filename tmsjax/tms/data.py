@@ -183,7 +183,7 @@ def sparse_limit_stats(x, sizes, num_slots: int | None = None) -> SparseLimitSta
             for power in range(3):
                 sums = np.concatenate([[0.0], np.cumsum(values**power)])
                 moments[s, power, i, : len(sums)] = sums
-                moments[s, power, i, len(sums):] = sums[-1]
+                moments[s, power, i, len(sums) :] = sums[-1]
     dtype = jnp.zeros(()).dtype  # float32 unless x64 is enabled
     return SparseLimitStats(
         jnp.asarray(sorted_mu, dtype), jnp.asarray(moments, dtype), jnp.asarray(counts)

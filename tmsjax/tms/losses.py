@@ -8,9 +8,9 @@ Three ways to the same :math:`L_n` or its limit:
   (:class:`~tmsjax.tms.data.SparseLimitStats`), O(c² log n) instead of O(n c);
 - :func:`potential_loss`: the exact population loss :math:`L = H/(3c)` (n → ∞), data ignored.
 
-A padded Dataset defines ``num_data`` and ``minibatch(key, batch_size)``, which the LLC engine uses for
-n and for minibatches, so ``estimate_llc(key, row_loss, params, dataset, batch_size=...)`` needs no
-TMS-specific arguments.
+A padded Dataset defines ``num_data`` and ``minibatch(key, batch_size)``, which the LLC engine uses
+for n and for minibatches, so ``estimate_llc(key, row_loss, params, dataset, batch_size=...)`` needs
+no TMS-specific arguments.
 """
 
 from typing import Any
@@ -22,12 +22,14 @@ from tmsjax.types import Array, Float
 
 
 def row_loss(params: model.TMSParams, data: Dataset) -> Float[Array, ""]:
-    """The empirical TMS loss :math:`L_n` of a padded :class:`~tmsjax.tms.data.Dataset` (mask respected)."""
+    """The empirical TMS loss :math:`L_n` of a padded :class:`~tmsjax.tms.data.Dataset` (mask
+    respected)."""
     return model.loss(params, data.x, data.mask)
 
 
 def stats_loss(params: model.TMSParams, stats: SparseLimitStats) -> Float[Array, ""]:
-    """:math:`L_n` of one-hot data from its sufficient statistics (one dataset size: ``stats.counts`` scalar)."""
+    """:math:`L_n` of one-hot data from its sufficient statistics (one dataset size:
+    ``stats.counts`` scalar)."""
     return model.sum_squared_error_from_stats(params, stats) / stats.num_data
 
 

@@ -1,37 +1,40 @@
 r"""Plateaus and transitions of training runs, read against the catalogue of critical energy levels.
 
-SGD on the TMS loss lingers near critical points (k-gons) and moves between them in short jumps, so a
-loss curve against log(step) is a staircase whose treads sit at the energy levels :math:`L(k^{\sigma^+,
-\sigma^-})` of :mod:`tmsjax.tms.critical` (Chen et al. 2023, §6). This module finds the treads *without*
-looking at the catalogue, then compares them with it, so "the plateaus lie on catalogue levels" is a
-measured fact and not true by construction.
+SGD on the TMS loss lingers near critical points (k-gons) and moves between them in short jumps, so
+a loss curve against log(step) is a staircase whose treads sit at the energy levels
+:math:`L(k^{\sigma^+, \sigma^-})` of :mod:`tmsjax.tms.critical` (Chen et al. 2023, §6). This module
+finds the treads *without* looking at the catalogue, then compares them with it, so "the plateaus
+lie on catalogue levels" is a measured fact and not true by construction.
 
 **Detection** (per run, on the exact potential :math:`L(w_t)` at log-spaced checkpoints; the exact
 potential rather than the train loss because the catalogue levels are values of L, and L_n at the
 same point differs from L by O(n^{-1/2}) sampling error, ≈ 3e-3 at n = 1000):
 
-1. *Smooth*: a running median over ``smoothing_window`` = 5 checkpoints removes single-checkpoint SGD
-   spikes (on a plateau L fluctuates by ≈ 1e-4 with rare spikes of ≈ 5e-4 at lr 0.005, batch 20).
+1. *Smooth*: a running median over ``smoothing_window`` = 5 checkpoints removes single-checkpoint
+   SGD spikes (on a plateau L fluctuates by ≈ 1e-4 with rare spikes of ≈ 5e-4 at lr 0.005,
+   batch 20).
 2. *Flat*: checkpoint t is flat when the smoothed loss changes by at most ``flat_tolerance`` = 3e-4
    between checkpoints t − ``flat_lag`` and t + ``flat_lag`` (lag 3: ≈ 40% more steps at 200 log
-   checkpoints over 2·10⁵ steps). The tolerance sits above the plateau noise and below the drift of a
-   slow approach (≈ 5e-4 over such a window when a 4-gon grows from radius 0.9 to 1).
+   checkpoints over 2·10⁵ steps). The tolerance sits above the plateau noise and below the drift of
+   a slow approach (≈ 5e-4 over such a window when a 4-gon grows from radius 0.9 to 1).
 3. *Long enough*: a plateau is a maximal run of flat checkpoints at steps ≥ ``min_step`` = 500 (10
-   epochs: before that SGD has barely left its initialisation and every log-spaced curve looks flat),
-   with at least ``min_checkpoints`` = 5 checkpoints spanning a factor ``min_span_ratio`` = 1.25 in steps
-   (≈ 4 checkpoints at the default density: short enough to catch a phase reached late in training).
+   epochs: before that SGD has barely left its initialisation and every log-spaced curve looks
+   flat), with at least ``min_checkpoints`` = 5 checkpoints spanning a factor
+   ``min_span_ratio`` = 1.25 in steps (≈ 4 checkpoints at the default density: short enough to
+   catch a phase reached late in training).
 4. *Merge*: neighbouring plateaus whose median losses differ by less than ``merge_tolerance`` = 1e-3
-   are one plateau broken by a noise burst (distinct catalogue levels at c = 6 are ≥ 1/144 ≈ 7e-3 apart).
+   are one plateau broken by a noise burst (distinct catalogue levels at c = 6 are ≥ 1/144 ≈ 7e-3
+   apart).
 
-**Comparison.** A plateau's loss is the median of L over it; its level is the nearest catalogue loss,
-and it is *on level* when within ``level_tolerance`` = 1e-3. Its label is that level's name (the
-energy label), and, when phase ids from :mod:`tmsjax.tms.phases` are given, also the majority geometric
-label over the plateau (the two are reported side by side; they can differ, e.g. a dead bias of
-+0.005 makes the classifier say σ⁺ while the energy still sits on the σ⁺ = 0 level).
+**Comparison.** A plateau's loss is the median of L over it; its level is the nearest catalogue
+loss, and it is *on level* when within ``level_tolerance`` = 1e-3. Its label is that level's name
+(the energy label), and, when phase ids from :mod:`tmsjax.tms.phases` are given, also the majority
+geometric label over the plateau (the two are reported side by side; they can differ, e.g. a dead
+bias of +0.005 makes the classifier say σ⁺ while the energy still sits on the σ⁺ = 0 level).
 
-**Paths.** A run's plateau path is the sequence of its plateau labels with repeats collapsed; its path
-prepends the initial phase, the nearest level of the loss at step 0 (the initialisations are built
-near a k-gon, so this is where the run starts even though it is no plateau). Transitions are
+**Paths.** A run's plateau path is the sequence of its plateau labels with repeats collapsed; its
+path prepends the initial phase, the nearest level of the loss at step 0 (the initialisations are
+built near a k-gon, so this is where the run starts even though it is no plateau). Transitions are
 consecutive pairs of a path; the transition graph counts them over runs.
 
 References:
@@ -131,7 +134,8 @@ class PlateauAnalysis(NamedTuple):
 
     @property
     def fraction_on_level(self) -> float:
-        """Fraction of detected plateaus whose loss lies within level_tolerance of a catalogue level."""
+        """Fraction of detected plateaus whose loss lies within level_tolerance of a catalogue
+        level."""
         plateaus = self.plateaus
         return float(np.mean([p.on_level for p in plateaus])) if plateaus else float("nan")
 
@@ -144,16 +148,21 @@ class PlateauAnalysis(NamedTuple):
         return counts
 
     def path_counts(self, include_initial: bool = True) -> Counter:
-        return Counter(" -> ".join(run.path if include_initial else run.plateau_path) for run in self.runs)
+        return Counter(
+            " -> ".join(run.path if include_initial else run.plateau_path) for run in self.runs
+        )
 
     def final_counts(self) -> Counter:
         return Counter(run.final_label for run in self.runs)
 
     def num_transitions(self, include_initial: bool = True) -> np.ndarray:
-        return np.array([len(run.path if include_initial else run.plateau_path) - 1 for run in self.runs])
+        return np.array(
+            [len(run.path if include_initial else run.plateau_path) - 1 for run in self.runs]
+        )
 
     def summary(self) -> dict:
-        """A JSON-ready digest: thresholds, plateau losses vs levels, paths and transition graphs."""
+        """A JSON-ready digest: thresholds, plateau losses vs levels, paths and transition
+        graphs."""
         plateaus = self.plateaus
         per_level = {}
         for p in plateaus:
@@ -164,11 +173,15 @@ class PlateauAnalysis(NamedTuple):
                 "level_loss": entry["level_loss"],
                 "num_plateaus": len(entry["losses"]),
                 "median_loss": float(np.median(entry["losses"])),
-                "max_abs_deviation": float(np.max(np.abs(np.array(entry["losses"]) - entry["level_loss"]))),
+                "max_abs_deviation": float(
+                    np.max(np.abs(np.array(entry["losses"]) - entry["level_loss"]))
+                ),
             }
             for label, entry in per_level.items()
         }
-        agree = [p.phase_label == p.label for p in plateaus if p.phase_label is not None and p.on_level]
+        agree = [
+            p.phase_label == p.label for p in plateaus if p.phase_label is not None and p.on_level
+        ]
         edge = lambda counts: {f"{a} -> {b}": n for (a, b), n in counts.most_common()}  # noqa: E731
         multi = self.num_transitions(True) >= 2
         multi_plateau = self.num_transitions(False) >= 2
@@ -221,9 +234,13 @@ def _validate(steps, losses, thresholds):
     steps = np.asarray(steps)
     losses = np.asarray(losses, dtype=float)
     if steps.ndim != 1 or steps.size < 2 or np.any(np.diff(steps) <= 0):
-        raise ValueError("steps must be a strictly increasing 1-d sequence of at least 2 checkpoints")
+        raise ValueError(
+            "steps must be a strictly increasing 1-d sequence of at least 2 checkpoints"
+        )
     if losses.shape[-1] != steps.size:
-        raise ValueError(f"losses must have {steps.size} checkpoints on its last axis, got shape {losses.shape}")
+        raise ValueError(
+            f"losses must have {steps.size} checkpoints on its last axis, got shape {losses.shape}"
+        )
     if not isinstance(thresholds, PlateauThresholds):
         raise ValueError(f"thresholds must be a PlateauThresholds, got {type(thresholds).__name__}")
     for name in ("smoothing_window", "flat_lag", "min_checkpoints"):
@@ -275,7 +292,9 @@ def find_plateaus(
     edges = np.diff(np.concatenate([[0], flat.astype(int), [0]]))
     for start, stop in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)):
         level = np.median(losses[start:stop])
-        while start > 0 and usable[start - 1] and abs(smooth[start - 1] - level) <= th.flat_tolerance:
+        while (
+            start > 0 and usable[start - 1] and abs(smooth[start - 1] - level) <= th.flat_tolerance
+        ):
             start -= 1
         while stop < num and usable[stop] and abs(smooth[stop] - level) <= th.flat_tolerance:
             stop += 1
@@ -288,13 +307,20 @@ def find_plateaus(
     runs = [
         [start, stop]
         for start, stop, _ in grown
-        if stop - start >= th.min_checkpoints and steps[stop - 1] >= th.min_span_ratio * steps[start]
+        if stop - start >= th.min_checkpoints
+        and steps[stop - 1] >= th.min_span_ratio * steps[start]
     ]
 
     # Merge neighbours on the same level (a noise burst between them is no transition).
     merged = []
     for start, stop in runs:
-        if merged and abs(np.median(losses[start:stop]) - np.median(losses[merged[-1][0] : merged[-1][1]])) < th.merge_tolerance:
+        if (
+            merged
+            and abs(
+                np.median(losses[start:stop]) - np.median(losses[merged[-1][0] : merged[-1][1]])
+            )
+            < th.merge_tolerance
+        ):
             merged[-1][1] = stop
         else:
             merged.append([start, stop])
@@ -311,16 +337,31 @@ def find_plateaus(
             phase_fraction = float(counts.max() / counts.sum())
         plateaus.append(
             Plateau(
-                start, stop, int(steps[start]), int(steps[stop - 1]), loss, level_label, level_loss, distance,
-                bool(on_level), level_label if on_level else UNKNOWN, phase_label, phase_fraction,
+                start,
+                stop,
+                int(steps[start]),
+                int(steps[stop - 1]),
+                loss,
+                level_label,
+                level_loss,
+                distance,
+                bool(on_level),
+                level_label if on_level else UNKNOWN,
+                phase_label,
+                phase_fraction,
             )
         )
     return plateaus
 
 
-def run_path(steps, losses, level_labels, level_losses, *, phase_labels=None, thresholds=PlateauThresholds()) -> RunPath:
-    """Plateaus, initial phase, paths and final phase of one run (arguments as :func:`find_plateaus`)."""
-    plateaus = find_plateaus(steps, losses, level_labels, level_losses, phase_labels=phase_labels, thresholds=thresholds)
+def run_path(
+    steps, losses, level_labels, level_losses, *, phase_labels=None, thresholds=PlateauThresholds()
+) -> RunPath:
+    """Plateaus, initial phase, paths and final phase of one run (arguments as
+    :func:`find_plateaus`)."""
+    plateaus = find_plateaus(
+        steps, losses, level_labels, level_losses, phase_labels=phase_labels, thresholds=thresholds
+    )
     losses = np.asarray(losses, dtype=float)
     if np.isfinite(losses[0]):
         initial_label, _, initial_distance = nearest_level(losses[0], level_labels, level_losses)
@@ -376,9 +417,19 @@ def analyse_runs(
     if phase_labels is not None:
         phase_labels = np.asarray(phase_labels)
         if phase_labels.shape != losses.shape:
-            raise ValueError(f"phase_labels must have the shape of losses {losses.shape}, got {phase_labels.shape}")
+            raise ValueError(
+                f"phase_labels must have the shape of losses {losses.shape}, "
+                f"got {phase_labels.shape}"
+            )
     runs = [
-        run_path(steps, losses[r], level_labels, level_losses, phase_labels=None if phase_labels is None else phase_labels[r], thresholds=thresholds)
+        run_path(
+            steps,
+            losses[r],
+            level_labels,
+            level_losses,
+            phase_labels=None if phase_labels is None else phase_labels[r],
+            thresholds=thresholds,
+        )
         for r in range(losses.shape[0])
     ]
     return PlateauAnalysis(runs, level_labels, level_losses, thresholds)

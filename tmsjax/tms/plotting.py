@@ -43,7 +43,9 @@ def pretty_label(label: str) -> str:
     return f"${k}^{{{sup}}}$"
 
 
-def draw_energy_levels(ax, critical_points, *, max_loss: float | None = None, text: bool = True, **line_kwargs):
+def draw_energy_levels(
+    ax, critical_points, *, max_loss: float | None = None, text: bool = True, **line_kwargs
+):
     """Horizontal dashed lines at the catalogue losses, named at the right edge of the axes."""
     style = {"color": "0.55", "lw": 0.8, "ls": "--", "zorder": 0} | line_kwargs
     for point in critical_points:

@@ -5,22 +5,24 @@ r"""The TMS posterior: Gaussian prior, tempered likelihood, and their sum as a l
     \qquad \varphi = \mathcal N(0, \sigma^2 I),
     \qquad L_n(w) = \frac1n\sum_{k\le n}\lVert x_k - f(x_k; w)\rVert^2
 
-with the *unhalved* loss of :func:`tmsjax.tms.model.loss` (so T = 1 is a Gaussian likelihood of variance ½
-per output). Chen et al. (2023) sample exactly this with σ = 1, T = 1 (docs/paper_numbers.md §5; inferred from
-their free-energy constants).
+with the *unhalved* loss of :func:`tmsjax.tms.model.loss` (so T = 1 is a Gaussian likelihood of
+variance ½ per output). Chen et al. (2023) sample exactly this with σ = 1, T = 1
+(docs/paper_numbers.md §5; inferred from their free-energy constants).
 
-Consequences for the Bayesian transition point :math:`n_c` (see :mod:`tmsjax.tms.theory`). Near a phase α
-the evidence is :math:`F_n \approx (n/T) L_\alpha + \lambda_\alpha \log(n/T) + \lVert w^*_\alpha\rVert^2/(2\sigma^2)`:
+Consequences for the Bayesian transition point :math:`n_c` (see :mod:`tmsjax.tms.theory`). Near a
+phase α the evidence is :math:`F_n \approx (n/T) L_\alpha + \lambda_\alpha \log(n/T) +
+\lVert w^*_\alpha\rVert^2/(2\sigma^2)`:
 
-- the *likelihood scale* T rescales the sample size, :math:`n_c(T) = T\,n_c(1)`. A halved loss (T = 2)
-  moves the 5 → 6 transition from n ≈ 601 to ≈ 1202 (≈ 1317 if one keeps λ log n rather than
-  λ log(n/T), the convention docs/paper_numbers.md quotes; the two differ by the O(1) term λ log T);
+- the *likelihood scale* T rescales the sample size, :math:`n_c(T) = T\,n_c(1)`. A halved loss
+  (T = 2) moves the 5 → 6 transition from n ≈ 601 to ≈ 1202 (≈ 1317 if one keeps λ log n rather
+  than λ log(n/T), the convention docs/paper_numbers.md quotes; the two differ by the O(1) term
+  λ log T);
 - the *prior width* σ scales the constant, :math:`c_\alpha = \lVert w^*_\alpha\rVert^2/(2\sigma^2)`;
-  since the 6-gon has the larger norm (c = 6.378 vs 3.624 for the 5-gon) a wider prior moves n_c down,
-  towards ≈ 445 as σ → ∞, and a narrower one moves it up.
+  since the 6-gon has the larger norm (c = 6.378 vs 3.624 for the 5-gon) a wider prior moves n_c
+  down, towards ≈ 445 as σ → ∞, and a narrower one moves it up.
 
-Dataset size is data (docs/architecture.md, decision 2): `n` is the number of True entries of the dataset's mask, a traced
-value, so one compiled sampler serves every n of a nested sweep.
+Dataset size is data (docs/architecture.md, decision 2): `n` is the number of True entries of the
+dataset's mask, a traced value, so one compiled sampler serves every n of a nested sweep.
 """
 
 import math
@@ -28,15 +30,16 @@ import math
 import jax
 import jax.numpy as jnp
 
-from tmsjax.tms import model
 from tmsjax.checks import check_params
+from tmsjax.tms import model
 from tmsjax.tms.data import Dataset, SparseLimitStats
 from tmsjax.tms.model import TMSParams
 from tmsjax.types import Array, Float, PyTree
 
 
 def log_prior(params: PyTree, prior_std: float = 1.0) -> Float[Array, ""]:
-    r"""Isotropic Gaussian log prior :math:`\log\mathcal N(w; 0, \sigma^2 I)` over every leaf, normalised.
+    r"""Isotropic Gaussian log prior :math:`\log\mathcal N(w; 0, \sigma^2 I)` over every leaf,
+    normalised.
 
     .. math:: \log\varphi(w) = -\frac{\lVert w\rVert^2}{2\sigma^2} - \frac d2 \log(2\pi\sigma^2)
     """
@@ -46,12 +49,15 @@ def log_prior(params: PyTree, prior_std: float = 1.0) -> Float[Array, ""]:
     return -0.5 * squared_norm / prior_std**2 - 0.5 * dim * math.log(2 * math.pi * prior_std**2)
 
 
-def log_likelihood(params: TMSParams, dataset: Dataset | SparseLimitStats, temperature: float = 1.0) -> Float[Array, ""]:
+def log_likelihood(
+    params: TMSParams, dataset: Dataset | SparseLimitStats, temperature: float = 1.0
+) -> Float[Array, ""]:
     r"""Tempered TMS log likelihood :math:`-n L_n(w) / T` on the real rows of a padded dataset.
 
-    Up to a w-independent constant this is :math:`\sum_k \log\mathcal N(x_k; f(x_k; w), \tfrac T2 I)`.
-    `dataset` may also be the :class:`~tmsjax.tms.data.SparseLimitStats` of one-hot data: the same value
-    from prefix sums, O(c² log n) instead of O(n c) per evaluation.
+    Up to a w-independent constant this is
+    :math:`\sum_k \log\mathcal N(x_k; f(x_k; w), \tfrac T2 I)`. `dataset` may also be the
+    :class:`~tmsjax.tms.data.SparseLimitStats` of one-hot data: the same value from prefix sums,
+    O(c² log n) instead of O(n c) per evaluation.
     """
     if isinstance(dataset, SparseLimitStats):
         return -model.sum_squared_error_from_stats(params, dataset) / temperature
@@ -74,8 +80,8 @@ def log_density(
 
 
 def make_logdensity_fn(prior_std: float = 1.0, temperature: float = 1.0):
-    """A ``(params, dataset) -> log density`` closure with σ and T fixed; the dataset stays an argument
-    so a sweep can vmap over datasets of different n (docs/architecture.md, decision 3)."""
+    """A ``(params, dataset) -> log density`` closure with σ and T fixed; the dataset stays an
+    argument so a sweep can vmap over datasets of different n (docs/architecture.md, decision 3)."""
     if not (prior_std > 0 and math.isfinite(prior_std)):
         raise ValueError(f"prior_std must be positive and finite, got {prior_std!r}")
     if not (temperature > 0 and math.isfinite(temperature)):
@@ -101,4 +107,10 @@ def posterior_log_density(W, b, x, mask=None, *, prior_std: float = 1.0, tempera
     return log_density(TMSParams(W, b), Dataset(x, mask), prior_std, temperature)
 
 
-__all__ = ["log_prior", "log_likelihood", "log_density", "make_logdensity_fn", "posterior_log_density"]
+__all__ = [
+    "log_prior",
+    "log_likelihood",
+    "log_density",
+    "make_logdensity_fn",
+    "posterior_log_density",
+]

@@ -3,19 +3,24 @@ r"""The closed-form TMS potential in the high-sparsity limit (Chen et al. 2023, 
 With :math:`a_{ij} = W_i\cdot W_j`, :math:`l_i^2 = a_{ii}`, output index i and input index j,
 
 .. math::
-    H(W, b) = 3\sum_{i}\sum_{j} \int_0^1 \big(\mu\,\delta_{ij} - \mathrm{ReLU}(\mu\,a_{ij} + b_i)\big)^2\,d\mu,
+    H(W, b) = 3\sum_{i}\sum_{j} \int_0^1
+    \big(\mu\,\delta_{ij} - \mathrm{ReLU}(\mu\,a_{ij} + b_i)\big)^2\,d\mu,
     \qquad L(W, b) = \mathbb{E}_x \lVert x - f(x)\rVert^2 = \frac{H}{3c}.
 
-Each integrand is piecewise quadratic in μ, so H integrates in closed form (docs/paper_numbers.md §2):
+Each integrand is piecewise quadratic in μ, so H integrates in closed form
+(docs/paper_numbers.md §2):
 
-- :math:`N_i = (1 - l_i^2)^2 - 3(1 - l_i^2)b_i + 3b_i^2` (output i fires on all of [0, 1] for its own input).
-- :math:`b_i \le 0`: :math:`H_i = \sum_{j\ne i} [a_{ij} > 0,\ -a_{ij} \le b_i]\,(a_{ij}+b_i)^3/a_{ij}
+- :math:`N_i = (1 - l_i^2)^2 - 3(1 - l_i^2)b_i + 3b_i^2` (output i fires on all of [0, 1] for its
+  own input).
+- :math:`b_i \le 0`:
+  :math:`H_i = \sum_{j\ne i} [a_{ij} > 0,\ -a_{ij} \le b_i]\,(a_{ij}+b_i)^3/a_{ij}
   + ([l_i^2 > 0,\ -l_i^2 \le b_i]\ ?\ b_i^3/l_i^4 + b_i^3/l_i^2 + N_i : 1)`.
-- :math:`b_i > 0`: :math:`H_i = \sum_{j\ne i} ([-a_{ij} > b_i]\ ?\ -b_i^3/a_{ij} : a_{ij}^2 + 3a_{ij}b_i + 3b_i^2) + N_i`.
+- :math:`b_i > 0`: :math:`H_i = \sum_{j\ne i} ([-a_{ij} > b_i]\ ?\ -b_i^3/a_{ij}
+  : a_{ij}^2 + 3a_{ij}b_i + 3b_i^2) + N_i`.
 
 H is C¹ but not C² (e.g. at 4-gons). Every division is guarded with the double-``where`` trick, so
-values, gradients and Hessians are finite everywhere, including at :math:`a_{ij} = 0` and dead columns.
-Works for any number of hidden dimensions r, float32 or float64, and under vmap.
+values, gradients and Hessians are finite everywhere, including at :math:`a_{ij} = 0` and dead
+columns. Works for any number of hidden dimensions r, float32 or float64, and under vmap.
 """
 
 import jax.numpy as jnp

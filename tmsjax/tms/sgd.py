@@ -453,14 +453,28 @@ def train(
     # The keys, data and learning rates are the caller's to keep for a resume, as their config.
     fingerprint = {"objective": objective, "sampling": sampling, "batch_size": int(batch_size)}
     result = run_ensemble(
-        step, record, state, schedule, run_inputs=SGDRun(keys, dataset_index, num_data),
-        shared=datasets, store=store, name=name, fingerprint=fingerprint, progress=progress,
-        mesh=mesh, on_chunk=on_chunk, checkpoints_per_chunk=checkpoints_per_chunk,
+        step,
+        record,
+        state,
+        schedule,
+        run_inputs=SGDRun(keys, dataset_index, num_data),
+        shared=datasets,
+        store=store,
+        name=name,
+        fingerprint=fingerprint,
+        progress=progress,
+        mesh=mesh,
+        on_chunk=on_chunk,
+        checkpoints_per_chunk=checkpoints_per_chunk,
         max_segment_steps=max_segment_steps,
     )
     infos: TrainInfo = result.records
     return Trajectory(
-        result.steps, infos.params, infos.train_loss, infos.population_loss, infos.is_finite,
+        result.steps,
+        infos.params,
+        infos.train_loss,
+        infos.population_loss,
+        infos.is_finite,
         result.final_state,
     )
 

@@ -89,18 +89,32 @@ def tms_runs(
     dataset = make_dataset(x)
     schedule = checkpoint_schedule(num_steps, num_checkpoints, include_start=False)
     trajectory = sgd.train(
-        jax.random.split(key_train, total), init, dataset, num_steps=num_steps,
-        learning_rate=learning_rate, batch_size=batch_size, schedule=schedule, progress=False,
+        jax.random.split(key_train, total),
+        init,
+        dataset,
+        num_steps=num_steps,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        schedule=schedule,
+        progress=False,
     )
     params = jax.tree.map(np.asarray, trajectory.params)
     flat = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), params)
     labels = phases.classify_batch(flat.W, flat.b).labels.reshape(total, -1)
     transitions = tuple(phase_change_steps(schedule, labels[run], window) for run in range(total))
     return TaskRuns(
-        "tms", schedule, params, np.asarray(trajectory.train_loss),
-        np.asarray(trajectory.population_loss), transitions,
-        {"labels": tuple(tuple(row) for row in labels)}, np.arange(total) >= num_runs, window,
-        row_loss, dataset, int(num_data),
+        "tms",
+        schedule,
+        params,
+        np.asarray(trajectory.train_loss),
+        np.asarray(trajectory.population_loss),
+        transitions,
+        {"labels": tuple(tuple(row) for row in labels)},
+        np.arange(total) >= num_runs,
+        window,
+        row_loss,
+        dataset,
+        int(num_data),
     )
 
 

@@ -177,10 +177,22 @@ def crossing(
 
     def gap(log_n):
         n = np.exp(log_n)
-        f_from = free_energy(n, phase_from.loss, phase_from.llc, scale * phase_from.constant,
-                             temperature=temperature, prior_std=prior_std)
-        f_to = free_energy(n, phase_to.loss, phase_to.llc, scale * phase_to.constant,
-                           temperature=temperature, prior_std=prior_std)
+        f_from = free_energy(
+            n,
+            phase_from.loss,
+            phase_from.llc,
+            scale * phase_from.constant,
+            temperature=temperature,
+            prior_std=prior_std,
+        )
+        f_to = free_energy(
+            n,
+            phase_to.loss,
+            phase_to.llc,
+            scale * phase_to.constant,
+            temperature=temperature,
+            prior_std=prior_std,
+        )
         return float(f_to - f_from)
 
     grid = np.linspace(np.log(n_range[0]), np.log(n_range[1]), 400)

@@ -257,8 +257,14 @@ def run_ensemble(
     # the store (the run inputs and data are the caller's to keep, as their config).
     settings = {"schedule": plan.lengths.tolist(), "num_runs": num_runs, **(fingerprint or {})}
     state, outputs = run_chunked(
-        chunk_fn, state, len(plan.lengths), store=store, name=name,
-        desc=desc or f"{name} ({num_runs} runs)", progress=progress, on_chunk=on_chunk,
+        chunk_fn,
+        state,
+        len(plan.lengths),
+        store=store,
+        name=name,
+        desc=desc or f"{name} ({num_runs} runs)",
+        progress=progress,
+        on_chunk=on_chunk,
         fingerprint=settings,
     )
     keep = plan.record.reshape(-1)

@@ -1,23 +1,23 @@
 r"""Change-point detection on probe time series over log training time, and its scoring.
 
-Training transitions happen on a log-time scale (a plateau that lasts from step 10³ to 10⁴ is as long
-as one from 10⁴ to 10⁵), so every series is first resampled onto a uniform grid in
+Training transitions happen on a log-time scale (a plateau that lasts from step 10³ to 10⁴ is as
+long as one from 10⁴ to 10⁵), so every series is first resampled onto a uniform grid in
 :math:`u = \log_{10}(\mathrm{step})`. Smoothing and differentiation run over the whole checkpoint
 range (extended past its ends by point reflection, which keeps a straight line straight), and only
 then is the signal cropped to the scoring window, so the window's edges are not mistaken for the
 series' ends (where a filter bends any trend). Two detectors then find transitions:
 
-1. **Change points** (:func:`detect_changepoints`) with ruptures' PELT or binary segmentation and the
-   least-squares ("l2") cost (PELT through ruptures' C kernel implementation with the linear kernel,
-   the same cost) on the *rate* :math:`\mathrm{d}\,\mathrm{probe}/\mathrm{d}u` of the
+1. **Change points** (:func:`detect_changepoints`) with ruptures' PELT or binary segmentation and
+   the least-squares ("l2") cost (PELT through ruptures' C kernel implementation with the linear
+   kernel, the same cost) on the *rate* :math:`\mathrm{d}\,\mathrm{probe}/\mathrm{d}u` of the
    Gaussian-smoothed, standardised series (``signal="rate"``, the default) or on the series itself
    (``signal="level"``). On the rate a transition (a burst of change) is a raised segment and a
-   steady drift costs nothing, while a piecewise-constant fit of the level would cut every drift into
-   steps. Boundaries closer than ``min_separation`` decades are merged into one event (the start and
-   end of a short burst are one transition, reported at the burst's centre). The penalty is BIC-like,
-   :math:`\mathrm{pen} = \kappa\, d\,\log T` on the standardised signal (d dimensions, T grid points).
-   The confidence of an event is :math:`1 - e^{-G/\mathrm{pen}}`, with G the drop in cost its
-   boundary buys (the cost of the two adjacent segments merged minus their separate costs).
+   steady drift costs nothing, while a piecewise-constant fit of the level would cut every drift
+   into steps. Boundaries closer than ``min_separation`` decades are merged into one event (the
+   start and end of a short burst are one transition, reported at the burst's centre). The penalty
+   is BIC-like, :math:`\mathrm{pen} = \kappa\, d\,\log T` on the standardised signal (d dimensions,
+   T grid points). The confidence of an event is :math:`1 - e^{-G/\mathrm{pen}}`, with G the drop in
+   cost its boundary buys (the cost of the two adjacent segments merged minus their separate costs).
 2. **The slope-sign rule** (:func:`detect_slope_sign_changes`) of Hoogland et al. (2024) for λ̂:
    stage boundaries are where the slope of the smoothed series against log-step changes sign. Sign
    flips between weak stretches (whose steepest slope is below ``min_slope`` × the steepest overall)
@@ -59,7 +59,8 @@ class Detection(NamedTuple):
     """Transitions found in one series.
 
     Attributes:
-      steps: the training steps of the transitions, increasing (float: they lie between checkpoints).
+      steps: the training steps of the transitions, increasing (float: they lie between
+        checkpoints).
       confidence: one number in [0, 1] per transition (larger is surer).
     """
 
@@ -91,16 +92,24 @@ def _check_series(steps, values, window):
     steps = np.asarray(steps, dtype=float)
     values = np.asarray(values, dtype=float)
     if steps.ndim != 1 or steps.size < 4:
-        raise ValueError(f"steps must be a 1-d array of at least 4 checkpoints, got shape {steps.shape}")
+        raise ValueError(
+            f"steps must be a 1-d array of at least 4 checkpoints, got shape {steps.shape}"
+        )
     if np.any(steps <= 0) or np.any(np.diff(steps) <= 0):
         raise ValueError("steps must be positive and strictly increasing (log time needs step > 0)")
     if values.ndim not in (1, 2) or values.shape[0] != steps.shape[0]:
-        raise ValueError(f"values must have shape (num_checkpoints,) or (num_checkpoints, dim) with num_checkpoints={steps.size}, got {values.shape}")
+        raise ValueError(
+            "values must have shape (num_checkpoints,) or (num_checkpoints, dim) "
+            f"with num_checkpoints={steps.size}, got {values.shape}"
+        )
     if window is None:
         window = (steps[0], steps[-1])
     low, high = float(window[0]), float(window[1])
     if not (steps[0] <= low < high <= steps[-1]):
-        raise ValueError(f"window must satisfy steps[0] <= low < high <= steps[-1], got {window} for steps in [{steps[0]}, {steps[-1]}]")
+        raise ValueError(
+            f"window must satisfy steps[0] <= low < high <= steps[-1], got {window} "
+            f"for steps in [{steps[0]}, {steps[-1]}]"
+        )
     values = values if values.ndim == 2 else values[:, None]
     finite = np.all(np.isfinite(values), axis=1)
     if finite.sum() < 4:
@@ -115,7 +124,8 @@ def _check_num_points(num_points, minimum: int = 2) -> int:
 
 
 def log_grid(steps, values, window=None, num_points: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    r"""Resamples a series onto `num_points` points uniform in :math:`\log_{10}` step within `window`.
+    r"""Resamples a series onto `num_points` points uniform in :math:`\log_{10}` step within
+    `window`.
 
     Args:
       steps: checkpoint steps (positive, increasing).
@@ -139,9 +149,10 @@ def _smoothed_on_window(steps, values, window, num_points, smoothing, derivative
 
     Smoothing or differentiating on the window alone treats the window's edges as the series' ends,
     where a Gaussian filter flattens any trend and one-sided differences change, so a smooth series
-    gets change points at the edges. Here the grid (same spacing as the window's) covers every finite
-    checkpoint, and beyond the last one the series is extended by point reflection
-    (:math:`v(u_0 - t) = 2v(u_0) - v(u_0 + t)`), which keeps a straight line straight under the filter.
+    gets change points at the edges. Here the grid (same spacing as the window's) covers every
+    finite checkpoint, and beyond the last one the series is extended by point reflection
+    (:math:`v(u_0 - t) = 2v(u_0) - v(u_0 + t)`), which keeps a straight line straight under the
+    filter.
     """
     steps, values, (low, high) = _check_series(steps, values, window)
     log_low, log_high = np.log10(low), np.log10(high)
@@ -153,13 +164,16 @@ def _smoothed_on_window(steps, values, window, num_points, smoothing, derivative
     grid = np.clip(grid, first, last)  # rounding guard at the range ends
     log_steps = np.log10(steps)
     resampled = np.stack([np.interp(grid, log_steps, v) for v in values.T], axis=1)
-    sigma = max(smoothing / spacing, 0.0)  # `smoothing` is in decades, so results do not depend on T
+    # `smoothing` is in decades, so results do not depend on T
+    sigma = max(smoothing / spacing, 0.0)
     if sigma > 0:
         pad = min(int(np.ceil(4 * sigma)) + 1, resampled.shape[0] - 1)
         head = 2 * resampled[:1] - resampled[1 : pad + 1][::-1]
         tail = 2 * resampled[-1:] - resampled[-pad - 1 : -1][::-1]
         padded = np.concatenate([head, resampled, tail])
-        resampled = gaussian_filter1d(padded, sigma, axis=0, mode="nearest")[pad : pad + resampled.shape[0]]
+        resampled = gaussian_filter1d(padded, sigma, axis=0, mode="nearest")[
+            pad : pad + resampled.shape[0]
+        ]
     if derivative:
         resampled = np.gradient(resampled, spacing, axis=0)
     crop = slice(before, before + num_points)
@@ -196,7 +210,8 @@ def detect_changepoints(
       steps: checkpoint steps (num_checkpoints,), positive and increasing.
       values: the probe series (num_checkpoints,) or several at once (num_checkpoints, dim), e.g.
         per-layer norms: a boundary is then a change in any of them.
-      method: "pelt" (exact penalised optimum, Killick et al.) or "binseg" (binary segmentation, greedy).
+      method: "pelt" (exact penalised optimum, Killick et al.) or "binseg" (binary segmentation,
+        greedy).
       signal: "rate" (segment d probe / d log10 step; default) or "level" (segment the series).
       window: (low, high) steps to search; default all checkpoints.
       num_points: size of the log-step grid.
@@ -204,7 +219,8 @@ def detect_changepoints(
         checkpoints otherwise dominates a derivative); 0.03 is ~1.5 grid points at 128 points over
         3 decades.
       penalty: κ in pen = κ · dim · log T on the standardised signal. With unit-variance white noise
-        BIC is κ = 2; smoothing correlates the noise over a few points, so the default is twice that.
+        BIC is κ = 2; smoothing correlates the noise over a few points, so the default is twice
+        that.
       min_size: fewest grid points in a segment.
       min_separation: events closer than this (decades) merge into one at their mean position.
 
@@ -227,15 +243,17 @@ def detect_changepoints(
         raise ValueError(f"smoothing must be non-negative (decades), got {smoothing!r}")
     if not (min_separation >= 0):
         raise ValueError(f"min_separation must be non-negative (decades), got {min_separation!r}")
-    grid, smooth = _smoothed_on_window(steps, values, window, num_points, smoothing, derivative=signal == "rate")
+    grid, smooth = _smoothed_on_window(
+        steps, values, window, num_points, smoothing, derivative=signal == "rate"
+    )
     prepared = _standardise(smooth)
     num, dim = prepared.shape
     pen = penalty * dim * np.log(num)
     if np.all(np.ptp(prepared, axis=0) < 1e-9):
         return Detection(np.zeros(0), np.zeros(0))
     if method == "pelt":
-        # ruptures' kernel PELT with the linear kernel has exactly the "l2" cost, sum |x - mean|², and
-        # runs in C: same breaks as ``ruptures.Pelt(model="l2", jump=1)`` (checked in
+        # ruptures' kernel PELT with the linear kernel has exactly the "l2" cost, sum |x - mean|²,
+        # and runs in C: same breaks as ``ruptures.Pelt(model="l2", jump=1)`` (checked in
         # tests/test_detect.py) at ~0.2 ms instead of ~100 ms per 128-point series.
         algorithm = ruptures.KernelCPD(kernel="linear", min_size=int(min_size))
     else:
@@ -243,17 +261,23 @@ def detect_changepoints(
     breaks = algorithm.fit(prepared).predict(pen=pen)
     bounds = np.asarray([0, *breaks], dtype=int)  # ruptures ends with num
     # Confidence of each boundary from the cost it saves over merging its two neighbouring segments.
-    gains = np.array([
-        _segment_cost(prepared, left, right) - _segment_cost(prepared, left, middle) - _segment_cost(prepared, middle, right)
-        for left, middle, right in zip(bounds[:-2], bounds[1:-1], bounds[2:])
-    ])
+    gains = np.array(
+        [
+            _segment_cost(prepared, left, right)
+            - _segment_cost(prepared, left, middle)
+            - _segment_cost(prepared, middle, right)
+            for left, middle, right in zip(bounds[:-2], bounds[1:-1], bounds[2:])
+        ]
+    )
     boundary_confidence = 1.0 - np.exp(-gains / pen)
     # A break at index m sits between grid points m-1 and m.
     boundary_position = np.array([0.5 * (grid[m - 1] + grid[m]) for m in bounds[1:-1]])
     if signal == "level" or boundary_position.size == 0:
         positions, confidence = boundary_position, boundary_confidence
     else:
-        positions, confidence = _bursts(prepared, grid, bounds, boundary_position, boundary_confidence)
+        positions, confidence = _bursts(
+            prepared, grid, bounds, boundary_position, boundary_confidence
+        )
     positions, confidence = _merge(positions, confidence, min_separation)
     return Detection(10.0**positions, confidence)
 
@@ -266,7 +290,9 @@ def _bursts(prepared, grid, bounds, boundary_position, boundary_confidence):
     transition; a burst at either end of the window (a lasting change of rate, a kink in the probe)
     at its inner boundary.
     """
-    speed = np.array([np.linalg.norm(prepared[a:b].mean(axis=0)) for a, b in zip(bounds[:-1], bounds[1:])])
+    speed = np.array(
+        [np.linalg.norm(prepared[a:b].mean(axis=0)) for a, b in zip(bounds[:-1], bounds[1:])]
+    )
     num_segments = speed.size
     positions, confidence = [], []
     for k in range(num_segments):
@@ -287,7 +313,8 @@ def _bursts(prepared, grid, bounds, boundary_position, boundary_confidence):
 
 
 def _merge(positions: np.ndarray, confidence: np.ndarray, min_separation: float):
-    """Merges runs of events spaced by less than `min_separation` into their mean (max confidence)."""
+    """Merges runs of events spaced by less than `min_separation` into their mean (max
+    confidence)."""
     if positions.size == 0:
         return positions, confidence
     groups = [[0]]
@@ -314,8 +341,8 @@ def detect_slope_sign_changes(
     r"""Stage boundaries where the slope of the smoothed series against log-step changes sign.
 
     The series (one-dimensional, e.g. λ̂) is resampled on the log grid and Gaussian-smoothed with
-    width `smoothing` decades; its slope :math:`s(u) = \mathrm{d}\,\mathrm{probe}/\mathrm{d}u` is cut
-    into stretches of constant sign. A stretch is *strong* when :math:`\max|s|` on it reaches
+    width `smoothing` decades; its slope :math:`s(u) = \mathrm{d}\,\mathrm{probe}/\mathrm{d}u` is
+    cut into stretches of constant sign. A stretch is *strong* when :math:`\max|s|` on it reaches
     `min_slope` × :math:`\max_u|s(u)|`; weak stretches (flicker of a flat series) are dropped, and a
     boundary is reported between consecutive strong stretches of opposite sign, at the mid-point of
     the gap between them.
@@ -333,7 +360,9 @@ def detect_slope_sign_changes(
       A :class:`Detection`; confidence = min(strength of the two sides) / steepest slope.
     """
     if np.ndim(values) != 1:
-        raise ValueError(f"values must be one-dimensional for the slope-sign rule, got shape {np.shape(values)}")
+        raise ValueError(
+            f"values must be one-dimensional for the slope-sign rule, got shape {np.shape(values)}"
+        )
     if not (0 <= min_slope < 1):
         raise ValueError(f"min_slope must lie in [0, 1), got {min_slope!r}")
     if not (smoothing >= 0):
@@ -354,19 +383,26 @@ def detect_slope_sign_changes(
         if sign[start] != 0 and strength >= min_slope * steepest:
             strong.append((start, end, sign[start], strength))
     positions, confidence = [], []
-    for (_, end, sign_a, strength_a), (start, _, sign_b, strength_b) in zip(strong[:-1], strong[1:]):
+    for (_, end, sign_a, strength_a), (start, _, sign_b, strength_b) in zip(
+        strong[:-1], strong[1:]
+    ):
         if sign_a != sign_b:
             positions.append(0.5 * (grid[end - 1] + grid[start]))
             confidence.append(min(strength_a, strength_b) / steepest)
-    return Detection(10.0 ** np.asarray(positions, dtype=float), np.asarray(confidence, dtype=float))
+    return Detection(
+        10.0 ** np.asarray(positions, dtype=float), np.asarray(confidence, dtype=float)
+    )
 
 
 def evenly_spaced(window, count: int) -> Detection:
-    r"""Baseline: `count` guesses evenly spaced in log-step strictly inside `window` (confidence 0.5)."""
+    r"""Baseline: `count` guesses evenly spaced in log-step strictly inside `window`
+    (confidence 0.5)."""
     low, high = _check_window(window)
     count = _check_count(count)
     fractions = np.arange(1, int(count) + 1) / (int(count) + 1)
-    return Detection(10.0 ** (np.log10(low) + fractions * np.log10(high / low)), np.full(int(count), 0.5))
+    return Detection(
+        10.0 ** (np.log10(low) + fractions * np.log10(high / low)), np.full(int(count), 0.5)
+    )
 
 
 def random_events(key: PRNGKey, window, count: int) -> Detection:
@@ -378,7 +414,9 @@ def random_events(key: PRNGKey, window, count: int) -> Detection:
 
 
 def _check_count(count) -> int:
-    integral = isinstance(count, (int, np.integer, float, np.floating)) and float(count).is_integer()
+    integral = (
+        isinstance(count, (int, np.integer, float, np.floating)) and float(count).is_integer()
+    )
     if isinstance(count, bool) or not integral or count < 0:
         raise ValueError(f"count must be a non-negative integer, got {count!r}")
     return int(count)
@@ -415,10 +453,13 @@ def match_events(detected, true, tolerance: float) -> int:
     return matched
 
 
-def score_detections(detected: Sequence, true: Sequence, tolerances=(0.05, 0.1, 0.2, 0.3, 0.5)) -> Scores:
+def score_detections(
+    detected: Sequence, true: Sequence, tolerances=(0.05, 0.1, 0.2, 0.3, 0.5)
+) -> Scores:
     r"""Matched precision, recall and F1 of detections against ground truth, as curves over τ.
 
-    .. math:: P = \frac{\sum_r M_r(\tau)}{\sum_r |D_r|}, \quad R = \frac{\sum_r M_r(\tau)}{\sum_r |T_r|},
+    .. math:: P = \frac{\sum_r M_r(\tau)}{\sum_r |D_r|},
+              \quad R = \frac{\sum_r M_r(\tau)}{\sum_r |T_r|},
               \quad F_1 = \frac{2PR}{P + R},
 
     with :math:`M_r(\tau)` the matched pairs of run r (:func:`match_events`). With no detections
@@ -433,13 +474,21 @@ def score_detections(detected: Sequence, true: Sequence, tolerances=(0.05, 0.1, 
       :class:`Scores`.
     """
     if len(detected) != len(true):
-        raise ValueError(f"detected and true must have one entry per run, got {len(detected)} and {len(true)}")
-    detected = [np.asarray(d.steps if isinstance(d, Detection) else d, dtype=float).reshape(-1) for d in detected]
+        raise ValueError(
+            f"detected and true must have one entry per run, got {len(detected)} and {len(true)}"
+        )
+    detected = [
+        np.asarray(d.steps if isinstance(d, Detection) else d, dtype=float).reshape(-1)
+        for d in detected
+    ]
     true = [np.asarray(t, dtype=float).reshape(-1) for t in true]
     tolerances = np.atleast_1d(np.asarray(tolerances, dtype=float))
     num_detected = int(sum(d.size for d in detected))
     num_true = int(sum(t.size for t in true))
-    matched = np.array([sum(match_events(d, t, tau) for d, t in zip(detected, true)) for tau in tolerances], dtype=float)
+    matched = np.array(
+        [sum(match_events(d, t, tau) for d, t in zip(detected, true)) for tau in tolerances],
+        dtype=float,
+    )
     precision = matched / num_detected if num_detected else np.zeros_like(matched)
     recall = matched / num_true if num_true else np.zeros_like(matched)
     total = precision + recall
@@ -448,7 +497,8 @@ def score_detections(detected: Sequence, true: Sequence, tolerances=(0.05, 0.1, 
 
 
 def false_positives_per_run(detected: Sequence) -> float:
-    """Mean number of detections per null run (every detection on a null run is a false positive)."""
+    """Mean number of detections per null run (every detection on a null run is a false
+    positive)."""
     if len(detected) == 0:
         raise ValueError("detected must hold at least one null run")
     return float(np.mean([np.size(d.steps if isinstance(d, Detection) else d) for d in detected]))

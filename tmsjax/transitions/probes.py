@@ -1,22 +1,24 @@
 r"""Weight-only probes: cheap signals of a parameter pytree, for detecting phase transitions.
 
-Every probe is a pure function of a parameter pytree (a :class:`~tmsjax.tms.model.TMSParams`, an equinox
-module, a dict of arrays: any pytree), so it runs inside a jitted training scan, vmaps over seeds and
-checkpoints, and needs neither data nor gradients (λ̂ aside). The *layers* of a model are its floating
-leaves with at least two dimensions (weight matrices; a convolution kernel (out, in, k, k) is read as
-the matrix (out, in·k·k)); one-dimensional leaves are biases and enter only the total norm, the
-checkpoint distance and the histograms. For the TMS the one layer is W (r × c).
+Every probe is a pure function of a parameter pytree (a :class:`~tmsjax.tms.model.TMSParams`, an
+equinox module, a dict of arrays: any pytree), so it runs inside a jitted training scan, vmaps over
+seeds and checkpoints, and needs neither data nor gradients (λ̂ aside). The *layers* of a model are
+its floating leaves with at least two dimensions (weight matrices; a convolution kernel
+(out, in, k, k) is read as the matrix (out, in·k·k)); one-dimensional leaves are biases and enter
+only the total norm, the checkpoint distance and the histograms. For the TMS the one layer is
+W (r × c).
 
 With :math:`W_\ell` the layer matrices and :math:`\sigma_1(W_\ell)` their top singular values:
 
 - total weight norm :math:`\lVert\theta\rVert_2` over every floating leaf, and per-layer
   :math:`\lVert W_\ell\rVert_F`;
-- top singular values :math:`\sigma_1(W_\ell)` and their product :math:`\prod_\ell \sigma_1(W_\ell)`, an
-  upper bound on the network's Lipschitz constant (reported as its log, a sum, so deep nets do not
-  overflow);
+- top singular values :math:`\sigma_1(W_\ell)` and their product
+  :math:`\prod_\ell \sigma_1(W_\ell)`, an upper bound on the network's Lipschitz constant (reported
+  as its log, a sum, so deep nets do not overflow);
 - stable rank :math:`\lVert W_\ell\rVert_F^2 / \sigma_1(W_\ell)^2 \in [1, \mathrm{rank}]`;
 - distance between consecutive checkpoints :math:`\lVert\theta_t - \theta_{t-1}\rVert_2`;
-- a histogram of all weight values on fixed bin edges (the seed's animations, as an image over time);
+- a histogram of all weight values on fixed bin edges (the seed's animations, as an image over
+  time);
 - λ̂, the local learning coefficient at each checkpoint, from the LLC engine (:mod:`tmsjax.llc`).
 
 These are the observables of Hoogland et al.'s hackathon seed ("Detecting phase transitions", 2023):
@@ -24,7 +26,8 @@ weight norm (Liu et al.'s Omnigrok), the product of top singular values, and wei
 
 References:
   Liu, Michaud, Tegmark, "Omnigrok: grokking beyond algorithmic data", ICLR 2023.
-  Martin, Mahoney, "Implicit self-regularization in deep neural networks" (2018) (spectra over training).
+  Martin, Mahoney, "Implicit self-regularization in deep neural networks" (2018) (spectra over
+  training).
   Lau, Furman, Wang, Murfet, Wei (2023), arXiv:2308.12108 (λ̂).
 """
 
@@ -40,7 +43,13 @@ from tmsjax import llc
 from tmsjax.types import Array, Float, Int, PRNGKey, PyTree
 
 #: Names of the scalar probe series that :func:`scalar_series` returns, in order.
-SCALAR_PROBES = ("weight_norm", "log_spectral_product", "stable_rank", "top_singular", "step_distance")
+SCALAR_PROBES = (
+    "weight_norm",
+    "log_spectral_product",
+    "stable_rank",
+    "top_singular",
+    "step_distance",
+)
 
 
 class Probes(NamedTuple):
@@ -52,7 +61,8 @@ class Probes(NamedTuple):
       top_singular: :math:`\\sigma_1(W_\\ell)`, (num_layers,).
       log_spectral_product: :math:`\\sum_\\ell \\log\\sigma_1(W_\\ell)`.
       stable_rank: :math:`\\lVert W_\\ell\\rVert_F^2/\\sigma_1(W_\\ell)^2`, (num_layers,).
-      step_distance: :math:`\\lVert\\theta - \\theta_{\\mathrm{previous}}\\rVert_2` (0 with no previous).
+      step_distance: :math:`\\lVert\\theta - \\theta_{\\mathrm{previous}}\\rVert_2` (0 with no
+        previous).
       histogram: counts of all weight values in the bins of `edges` (values outside go to the end
         bins), (num_bins,); empty when no edges were given.
     """
@@ -94,7 +104,8 @@ def _spectra(matrices: list[Array]) -> tuple[Array, Array, Array]:
     r"""Per-layer :math:`\lVert W_\ell\rVert_F`, :math:`\sigma_1(W_\ell)` and stable rank
     :math:`\lVert W_\ell\rVert_F^2/\sigma_1^2` (0/0 → 0), the one place these formulas live.
 
-    An exact SVD per layer: layers are small; for very wide layers a few power iterations would do."""
+    An exact SVD per layer: layers are small; for very wide layers a few power iterations would
+    do."""
     frobenius = jnp.stack([jnp.linalg.norm(m) for m in matrices])
     top = jnp.stack([jnp.linalg.svd(m, compute_uv=False)[0] for m in matrices])
     safe_top = jnp.where(top > 0, top, 1.0)
@@ -115,8 +126,8 @@ def top_singular_values(params: PyTree) -> Float[Array, " num_layers"]:
 
 
 def log_spectral_product(params: PyTree) -> Float[Array, ""]:
-    r""":math:`\log\prod_\ell\sigma_1(W_\ell) = \sum_\ell\log\sigma_1(W_\ell)` (log: products of many
-    layers overflow or underflow float32)."""
+    r""":math:`\log\prod_\ell\sigma_1(W_\ell) = \sum_\ell\log\sigma_1(W_\ell)` (log: products of
+    many layers overflow or underflow float32)."""
     return jnp.sum(jnp.log(top_singular_values(params)))
 
 
@@ -136,13 +147,17 @@ def checkpoint_distance(params: PyTree, previous: PyTree) -> Float[Array, ""]:
 
 
 def weight_histogram(params: PyTree, edges) -> Int[Array, " num_bins"]:
-    r"""Counts of all weight values in the bins ``[edges[i], edges[i+1])``; values below the first or
-    above the last edge are counted in the end bins, so every weight shows. Traceable (fixed bins)."""
+    r"""Counts of all weight values in the bins ``[edges[i], edges[i+1])``; values below the first
+    or above the last edge are counted in the end bins, so every weight shows.
+    Traceable (fixed bins)."""
     _validate(params)
     edges = jnp.asarray(edges)
     if edges.ndim != 1 or edges.shape[0] < 2:
-        raise ValueError(f"edges must be a 1-d array of at least 2 bin edges, got shape {edges.shape}")
-    if not isinstance(edges, jax.core.Tracer):  # values are checkable only outside jit (docs/architecture.md, decision 8)
+        raise ValueError(
+            f"edges must be a 1-d array of at least 2 bin edges, got shape {edges.shape}"
+        )
+    # values are checkable only outside jit (docs/architecture.md, decision 8)
+    if not isinstance(edges, jax.core.Tracer):
         concrete = np.asarray(edges)
         if not np.all(np.isfinite(concrete)) or np.any(np.diff(concrete) <= 0):
             raise ValueError("edges must be finite and strictly increasing")
@@ -152,7 +167,8 @@ def weight_histogram(params: PyTree, edges) -> Int[Array, " num_bins"]:
 
 
 def compute_probes(params: PyTree, previous: PyTree | None = None, edges=None) -> Probes:
-    r"""All weight-only probes of one parameter pytree in one call: put it in a training scan's body.
+    r"""All weight-only probes of one parameter pytree in one call: put it in a training scan's
+    body.
 
     Args:
       params: the parameters (any pytree; its ≥2-D floating leaves are the layers).
@@ -174,9 +190,15 @@ def compute_probes(params: PyTree, previous: PyTree | None = None, edges=None) -
     """
     _validate(params, need_layers=True)
     frobenius, top, ranks = _spectra(layer_matrices(params))
-    distance = jnp.zeros((), frobenius.dtype) if previous is None else checkpoint_distance(params, previous)
+    distance = (
+        jnp.zeros((), frobenius.dtype)
+        if previous is None
+        else checkpoint_distance(params, previous)
+    )
     histogram = jnp.zeros((0,), jnp.int32) if edges is None else weight_histogram(params, edges)
-    return Probes(weight_norm(params), frobenius, top, jnp.sum(jnp.log(top)), ranks, distance, histogram)
+    return Probes(
+        weight_norm(params), frobenius, top, jnp.sum(jnp.log(top)), ranks, distance, histogram
+    )
 
 
 def probe_trajectory(checkpoints: PyTree, edges=None) -> Probes:
@@ -196,8 +218,12 @@ def probe_trajectory(checkpoints: PyTree, edges=None) -> Probes:
     if not leaves or any(leaf.ndim < 1 for leaf in leaves):
         raise ValueError("checkpoints must have floating leaves with a leading checkpoint axis")
     if len({leaf.shape[0] for leaf in leaves}) != 1:
-        raise ValueError("every floating leaf of checkpoints must share the leading checkpoint axis")
-    previous = jax.tree.map(lambda x: jnp.concatenate([x[:1], x[:-1]]) if eqx.is_inexact_array(x) else x, checkpoints)
+        raise ValueError(
+            "every floating leaf of checkpoints must share the leading checkpoint axis"
+        )
+    previous = jax.tree.map(
+        lambda x: jnp.concatenate([x[:1], x[:-1]]) if eqx.is_inexact_array(x) else x, checkpoints
+    )
     return jax.vmap(lambda p, q: compute_probes(p, q, edges))(checkpoints, previous)
 
 
@@ -206,8 +232,8 @@ def scalar_series(probes: Probes, steps=None) -> dict[str, np.ndarray]:
 
     Per-layer probes are summarised by their mean over layers (``stable_rank``, ``top_singular``);
     ``step_distance`` becomes a speed per decade of steps,
-    :math:`\lVert\theta_t-\theta_{t-1}\rVert/(\log_{10}s_t-\log_{10}s_{t-1})`, when `steps` is given,
-    so that log-spaced checkpoints do not make it grow with the interval length.
+    :math:`\lVert\theta_t-\theta_{t-1}\rVert/(\log_{10}s_t-\log_{10}s_{t-1})`, when `steps` is
+    given, so that log-spaced checkpoints do not make it grow with the interval length.
 
     Args:
       probes: probes with a trailing checkpoint axis before any layer axis (from
@@ -256,15 +282,16 @@ def llc_probe_result(
     .. math:: \hat\lambda(\theta_t) = n\beta\,\big(\mathbb{E}_{w}[L_n(w)] - L_n(\theta_t)\big),
               \quad w \sim e^{-n\beta L_n(w) - \frac\gamma2\lVert w-\theta_t\rVert^2}
 
-    Unlike the other probes it needs the loss and data, and costs num_chains × num_steps gradients per
-    checkpoint, so it runs after training on the stored checkpoints. Equinox modules work: the
+    Unlike the other probes it needs the loss and data, and costs num_chains × num_steps gradients
+    per checkpoint, so it runs after training on the stored checkpoints. Equinox modules work: the
     engine splits off their non-array fields (:func:`tmsjax.llc.partition_model`).
     :func:`tmsjax.llc.usable` says which estimates to use, :func:`tmsjax.llc.problem_counts` counts
     the problems.
 
     Args:
       key: PRNG key.
-      loss_fn: ``loss_fn(params, data) -> scalar`` (a module-level function: a fresh lambda recompiles).
+      loss_fn: ``loss_fn(params, data) -> scalar`` (a module-level function: a fresh lambda
+        recompiles).
       checkpoints: a pytree whose array leaves have leading axes (num_runs, num_checkpoints).
       data: the dataset every run trained on (any pytree), or with `data_per_run` one per run.
       settings: the chains' :class:`tmsjax.llc.LLCSettings`; default :data:`PROBE_SETTINGS`
@@ -278,7 +305,13 @@ def llc_probe_result(
       A :class:`tmsjax.llc.LLCResult` with leading axes (num_runs, num_checkpoints).
     """
     return llc.llc_along_training(
-        key, loss_fn, checkpoints, data, settings, data_per_run=data_per_run, num_data=num_data,
+        key,
+        loss_fn,
+        checkpoints,
+        data,
+        settings,
+        data_per_run=data_per_run,
+        num_data=num_data,
         cell_batch=cell_batch,
     )
 

@@ -19,9 +19,9 @@ import numpy as np
 import optax
 
 from tmsjax.checks import check_positive_int
+from tmsjax.llc import PartitionedLoss
 from tmsjax.training.engine import TrainState, optimizer_step, run_ensemble
 from tmsjax.training.schedule import checkpoint_schedule
-from tmsjax.llc import PartitionedLoss
 from tmsjax.transitions.tasks.base import (
     TaskRuns,
     check_num_null,
@@ -211,10 +211,12 @@ def graduated_digits_runs(
     total = num_runs + num_null
     (x_train, y_train), (x_test, y_test) = load_digits_split()
     key_model, key_order, key_arrival, key_train = jax.random.split(key, 4)
-    arrivals = np.concatenate([
-        _arrival_steps(key_arrival, num_runs, num_arrivals, window, min_separation),
-        np.zeros((num_null, num_arrivals), np.int64),  # null: everything present at step 0
-    ])
+    arrivals = np.concatenate(
+        [
+            _arrival_steps(key_arrival, num_runs, num_arrivals, window, min_separation),
+            np.zeros((num_null, num_arrivals), np.int64),  # null: everything present at step 0
+        ]
+    )
     # rank[c] = position of class c in the run's order; classes at rank >= num_initial +
     # num_arrivals never appear.
     orders = np.stack(
@@ -232,8 +234,12 @@ def graduated_digits_runs(
     for c in range(10):
         table[c, : counts[c]] = np.flatnonzero(y_train == c)
     data = _DigitsData(
-        jnp.asarray(x_train), jnp.asarray(y_train), jnp.asarray(x_test), jnp.asarray(y_test),
-        jnp.asarray(table), jnp.asarray(counts),
+        jnp.asarray(x_train),
+        jnp.asarray(y_train),
+        jnp.asarray(x_test),
+        jnp.asarray(y_test),
+        jnp.asarray(table),
+        jnp.asarray(counts),
     )
     runs = _DigitsRun(
         jax.random.split(key_train, total), jnp.asarray(arrivals, jnp.int32), jnp.asarray(ranks)
@@ -243,7 +249,12 @@ def graduated_digits_runs(
     result = run_ensemble(
         _DigitsStep(static, optimizer, batch_size, num_initial),
         _DigitsRecord(static, num_initial, num_used),
-        states, schedule, run_inputs=runs, shared=data, name="digits", progress=False,
+        states,
+        schedule,
+        run_inputs=runs,
+        shared=data,
+        name="digits",
+        progress=False,
     )
     params, train_loss, test_accuracy, per_class = result.records
 
@@ -274,9 +285,19 @@ def graduated_digits_runs(
     rows = table[seen, :per_class].reshape(total, -1)  # (total, num_used * per_class) indices
     llc_data = (jnp.asarray(x_train[rows]), jnp.asarray(y_train[rows]))
     return TaskRuns(
-        "digits", schedule, params, np.asarray(train_loss), np.asarray(test_accuracy),
-        tuple(transitions), {"arrival": tuple(arrival_events), "learned": tuple(learned_events)},
-        is_null, window, loss_fn, llc_data, int(rows.shape[1]), True,
+        "digits",
+        schedule,
+        params,
+        np.asarray(train_loss),
+        np.asarray(test_accuracy),
+        tuple(transitions),
+        {"arrival": tuple(arrival_events), "learned": tuple(learned_events)},
+        is_null,
+        window,
+        loss_fn,
+        llc_data,
+        int(rows.shape[1]),
+        True,
     )
 
 

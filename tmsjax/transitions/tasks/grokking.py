@@ -21,9 +21,9 @@ import numpy as np
 import optax
 
 from tmsjax.checks import check_positive_int
+from tmsjax.llc import PartitionedLoss
 from tmsjax.training.engine import TrainState, optimizer_step, run_ensemble
 from tmsjax.training.schedule import checkpoint_schedule
-from tmsjax.llc import PartitionedLoss
 from tmsjax.transitions.tasks.base import (
     TaskRuns,
     check_num_null,
@@ -178,8 +178,13 @@ def grokking_runs(
     runs = _GrokkingRun(train_pairs, train_labels, test_pairs, test_labels)
     schedule = checkpoint_schedule(num_steps, num_checkpoints, include_start=False)
     result = run_ensemble(
-        _GrokkingStep(static, optimizer, loss_of), _GrokkingRecord(static, loss_of), states,
-        schedule, run_inputs=runs, name="grokking", progress=False,
+        _GrokkingStep(static, optimizer, loss_of),
+        _GrokkingRecord(static, loss_of),
+        states,
+        schedule,
+        run_inputs=runs,
+        name="grokking",
+        progress=False,
     )
     params, train_loss, train_accuracy, test_accuracy = result.records
     memorised, grokked, transitions = [], [], []
@@ -195,10 +200,19 @@ def grokking_runs(
         transitions.append(grokked[-1])
     loss_fn = PartitionedLoss(loss_of, static)
     return TaskRuns(
-        "grokking", schedule, params, np.asarray(train_loss), np.asarray(test_accuracy),
-        tuple(transitions), {"memorised": tuple(memorised), "grokked": tuple(grokked)},
-        np.arange(total) >= num_runs, window,
-        loss_fn, (train_pairs, train_labels), num_train, True,
+        "grokking",
+        schedule,
+        params,
+        np.asarray(train_loss),
+        np.asarray(test_accuracy),
+        tuple(transitions),
+        {"memorised": tuple(memorised), "grokked": tuple(grokked)},
+        np.arange(total) >= num_runs,
+        window,
+        loss_fn,
+        (train_pairs, train_labels),
+        num_train,
+        True,
     )
 
 

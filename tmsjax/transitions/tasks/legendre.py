@@ -20,9 +20,9 @@ import numpy as np
 import optax
 
 from tmsjax.checks import check_positive_int
+from tmsjax.llc import PartitionedLoss
 from tmsjax.training.engine import TrainState, optimizer_step, run_ensemble
 from tmsjax.training.schedule import checkpoint_schedule
-from tmsjax.llc import PartitionedLoss
 from tmsjax.transitions.tasks.base import (
     TaskRuns,
     check_num_null,
@@ -177,8 +177,13 @@ def legendre_runs(
     schedule = checkpoint_schedule(num_steps, num_checkpoints, include_start=False)
     result = run_ensemble(
         _LegendreStep(static, optimizer, batch_size, max_degree),
-        _LegendreRecord(static, max_degree), states, schedule, run_inputs=runs, shared=grid,
-        name="legendre", progress=False,
+        _LegendreRecord(static, max_degree),
+        states,
+        schedule,
+        run_inputs=runs,
+        shared=grid,
+        name="legendre",
+        progress=False,
     )
     params, train_loss, metric, errors = result.records
     learned_steps, transitions = [], []
@@ -203,10 +208,19 @@ def legendre_runs(
         values = jnp.take_along_axis(legendre_table(max_degree, x_j), degree_j[None], 0)[0]
         targets.append(jax.nn.one_hot(degree_j, slots) * values[:, None])
     return TaskRuns(
-        "legendre", schedule, params, np.asarray(train_loss), np.asarray(metric),
-        tuple(transitions), {"learned_by_degree": tuple(learned_steps)},
-        np.arange(total) >= num_runs, window, PartitionedLoss(_legendre_loss, static),
-        (jnp.stack(inputs), jnp.stack(targets)), num_rows, True,
+        "legendre",
+        schedule,
+        params,
+        np.asarray(train_loss),
+        np.asarray(metric),
+        tuple(transitions),
+        {"learned_by_degree": tuple(learned_steps)},
+        np.arange(total) >= num_runs,
+        window,
+        PartitionedLoss(_legendre_loss, static),
+        (jnp.stack(inputs), jnp.stack(targets)),
+        num_rows,
+        True,
     )
 
 
