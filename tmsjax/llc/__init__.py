@@ -58,6 +58,8 @@ from tmsjax.llc.health import (
 )
 from tmsjax.llc.partition import PartitionedLoss, partition_model
 from tmsjax.llc.settings import ChainSettings, LLCSettings
+from tmsjax.sampling.mala import MALA
+from tmsjax.sampling.psgld import RMSPropSGLD
 from tmsjax.sampling.sgld import SGLD
 
 __all__ = [
@@ -65,8 +67,10 @@ __all__ = [
     "DRIFT_RELATIVE",
     "DRIFT_Z",
     "ESCAPE_FRACTION",
+    "MALA",
     "MIN_ACCEPTANCE",
     "PROBLEMS",
+    "RMSPropSGLD",
     "SGLD",
     "ChainSettings",
     "LLCDiagnostics",

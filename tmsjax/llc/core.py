@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from tmsjax.llc.health import LLCDiagnostics, diagnose
+from tmsjax.llc.health import MIN_ACCEPTANCE, LLCDiagnostics, diagnose
 from tmsjax.llc.settings import ChainSettings
 from tmsjax.types import Array, Bool, Float, PRNGKey, PyTree
 
@@ -189,7 +189,10 @@ def sample_llc(
         stderr = jnp.full((), jnp.nan, dtype)
     mean_acceptance = jnp.mean(out.acceptance[:, chains.num_burnin :], axis=-1)
     is_finite = jnp.all(out.is_finite, axis=-1)
-    diagnostics = diagnose(draws, init_loss, nbeta, llc_per_chain, mean_acceptance, is_finite)
+    min_acceptance = getattr(sampler, "min_acceptance", MIN_ACCEPTANCE)
+    diagnostics = diagnose(
+        draws, init_loss, nbeta, llc_per_chain, mean_acceptance, is_finite, min_acceptance
+    )
     return LLCResult(llc, llc_per_chain, stderr, init_loss, nbeta, out.trace, draws, diagnostics)
 
 

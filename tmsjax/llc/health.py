@@ -96,7 +96,9 @@ def _batch_means_variance(draws: Float[Array, "num_chains num"], num_batches: in
     return jnp.var(means, axis=-1, ddof=1) / num_batches
 
 
-def diagnose(draws, init_loss, nbeta, llc_per_chain, acceptance, is_finite) -> LLCDiagnostics:
+def diagnose(
+    draws, init_loss, nbeta, llc_per_chain, acceptance, is_finite, min_acceptance=MIN_ACCEPTANCE
+) -> LLCDiagnostics:
     r"""The diagnostics of one estimate's chains (traceable; the core's last step).
 
     Args:
@@ -106,6 +108,8 @@ def diagnose(draws, init_loss, nbeta, llc_per_chain, acceptance, is_finite) -> L
       llc_per_chain: each chain's λ̂, (num_chains,).
       acceptance: each chain's mean acceptance estimate (NaN if not estimated), (num_chains,).
       is_finite: whether each chain's positions and losses stayed finite, (num_chains,).
+      min_acceptance: the `low_acceptance` threshold (the sampler's ``min_acceptance`` where it
+        defines one: an exact sampler's acceptance measures mixing, not bias).
     """
     num_draws = draws.shape[-1]
     escape_fraction = jnp.mean(draws < init_loss, axis=-1)
@@ -128,7 +132,7 @@ def diagnose(draws, init_loss, nbeta, llc_per_chain, acceptance, is_finite) -> L
         jnp.abs(drift) > DRIFT_RELATIVE * jnp.maximum(jnp.abs(llc_per_chain), 1.0)
     )
     escaped = (escape_fraction > ESCAPE_FRACTION) | (llc_per_chain < 0)
-    low_acceptance = acceptance < MIN_ACCEPTANCE  # False for NaN (not estimated)
+    low_acceptance = acceptance < min_acceptance  # False for NaN (not estimated)
     return LLCDiagnostics(
         ~is_finite,
         is_finite & escaped,

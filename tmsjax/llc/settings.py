@@ -45,7 +45,7 @@ def _scalar(name: str, value) -> float:
     return float(array)
 
 
-def _check_sampler(sampler: Any) -> None:
+def _check_sampler(sampler: Any, batch_size: int | None) -> None:
     if not (callable(getattr(sampler, "init", None)) and callable(getattr(sampler, "step", None))):
         raise ValueError(
             f"sampler must be an object with init and step methods (e.g. SGLD()), got {sampler!r}"
@@ -54,6 +54,12 @@ def _check_sampler(sampler: Any) -> None:
         hash(sampler)
     except TypeError:
         raise ValueError(f"sampler must be hashable (frozen dataclass), got {sampler!r}") from None
+    # An adjusted sampler (MALA) needs the exact log density: a minibatch MH ratio is not exact.
+    if batch_size is not None and getattr(sampler, "requires_full_batch", False):
+        raise ValueError(
+            f"batch_size={batch_size}: {type(sampler).__name__} needs the full batch "
+            "(batch_size=None); a Metropolis-Hastings ratio on a minibatch is not exact"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +117,9 @@ class LLCSettings:
       draw_loss: "full" measures each draw's loss on the whole dataset (exact; in minibatch mode one
         more loss evaluation per draw); "batch" uses the step's minibatch loss (devinterp's choice).
         Full-batch mode measures every draw on the whole dataset either way.
-      sampler: the sampler object, :class:`tmsjax.sampling.sgld.SGLD` (its options, e.g.
-        ``SGLD(estimate_acceptance=False)``, travel with it).
+      sampler: the sampler object (its options travel with it): :class:`~tmsjax.sampling.sgld.SGLD`
+        (default), :class:`~tmsjax.sampling.psgld.RMSPropSGLD` (devinterp's ``rmsprop_sgld``) or
+        :class:`~tmsjax.sampling.mala.MALA` (exact for any ε; full batch only).
 
     Raises:
       ValueError: naming the bad field.
@@ -172,7 +179,7 @@ class LLCSettings:
             set_field("batch_size", check_positive_int("batch_size", self.batch_size))
         if self.draw_loss not in DRAW_LOSSES:
             raise ValueError(f"draw_loss must be one of {DRAW_LOSSES}, got {self.draw_loss!r}")
-        _check_sampler(self.sampler)
+        _check_sampler(self.sampler, self.batch_size)
 
     @property
     def chains(self) -> ChainSettings:
