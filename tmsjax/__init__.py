@@ -9,7 +9,7 @@ The Toy Model of Superposition lives in its own wing, :mod:`tmsjax.tms`
 (``from tmsjax import tms``), which uses the engine; the engine never imports it.
 """
 
-from tmsjax.llc import LLCResult, estimate_llc, llc_along_training, llc_grid, verdict
+from tmsjax.llc import LLCResult, calibrate, estimate_llc, llc_along_training, llc_grid, verdict
 from tmsjax.sampling.nuts import make_chees_sweep, make_nuts_sweep
 from tmsjax.sampling.smc import make_smc_sweep
 from tmsjax.sharding import grid_mesh, shard_grid
@@ -20,6 +20,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "LLCResult",
+    "calibrate",
     "compute_probes",
     "detect_changepoints",
     "estimate_llc",

@@ -18,6 +18,8 @@ The package, file by file:
   (:class:`PartitionedLoss`);
 - :mod:`~tmsjax.llc.api`: the entry points :func:`estimate_llc`, :func:`llc_grid`,
   :func:`llc_along_training`;
+- :mod:`~tmsjax.llc.calibrate`: :func:`calibrate`, recommended ε, γ, nβ from one compiled grid,
+  with the evidence (:class:`Calibration`; :class:`CalibrationError` when no cell is stable);
 - :mod:`~tmsjax.llc.exact`: exact learning coefficients to check λ̂ against (deep linear networks,
   reduced-rank regression, normal crossings, sums of monomials, regular models).
 
@@ -40,6 +42,7 @@ References:
 
 from tmsjax.llc import exact
 from tmsjax.llc.api import DEFAULT_CELL_BATCH, LLCGrid, estimate_llc, llc_along_training, llc_grid
+from tmsjax.llc.calibrate import Calibration, CalibrationError, calibrate, stable_region
 from tmsjax.llc.core import LLCResult, default_minibatch, default_nbeta, num_data_of, sample_llc
 from tmsjax.llc.health import (
     DRIFT_RELATIVE,
@@ -72,6 +75,8 @@ __all__ = [
     "PROBLEMS",
     "RMSPropSGLD",
     "SGLD",
+    "Calibration",
+    "CalibrationError",
     "ChainSettings",
     "LLCDiagnostics",
     "LLCGrid",
@@ -79,6 +84,7 @@ __all__ = [
     "LLCSettings",
     "PartitionedLoss",
     "all_clear",
+    "calibrate",
     "default_minibatch",
     "exact",
     "default_nbeta",
@@ -90,6 +96,7 @@ __all__ = [
     "partition_model",
     "problem_counts",
     "sample_llc",
+    "stable_region",
     "summarize",
     "usable",
     "usable_chains",

@@ -250,7 +250,8 @@ def llc_grid(
     The product is flattened to one leading axis and :func:`~tmsjax.llc.sample_llc` vmapped over
     it (every cell gets its own key), then reshaped to (len(step_sizes), len(localizations),
     len(nbetas)). The stable region is where λ̂ is flat in ε and the estimates are usable without
-    warnings; :func:`~tmsjax.llc.grid_verdicts` names each cell's problems.
+    warnings; :func:`~tmsjax.llc.grid_verdicts` names each cell's problems, and
+    :func:`~tmsjax.llc.calibrate` runs such a grid and picks the settings for you.
 
     Args:
       step_sizes, localizations, nbetas: 1-d sequences (or scalars) of the grid's values; each
