@@ -1,0 +1,752 @@
+"""Can λ̂ be trusted? Deep linear networks against their exact learning coefficient (issue 14).
+
+A known-answer benchmark: deep linear networks (DLN) y = W_L ⋯ W_1 x from 12 to 10⁴ parameters and
+2 to 5 layers (``--preset large``, meant for a GPU: to 1.6·10⁵), at a true product
+A₀ = U diag(s) Vᵀ of rank r (r singular values s drawn in [0.5, 1.5]), whose learning coefficient
+λ is known exactly (Aoyagi 2024; :func:`tmsjax.llc.exact.deep_linear_network`). Each architecture
+is estimated four ways, all with one settings rule:
+
+- **population**: L(w) = ‖W_L ⋯ W_1 − A₀‖²_F (not divided by the output dimension): the expected
+  squared error, summed over outputs, for x ~ N(0, I), less the noise constant. Full-batch SGLD, an
+  explicit nβ = n / log n for a nominal n = 10⁴.
+- **finite**: n = 10⁴ rows x ~ N(0, I), y = A₀x + N(0, σ²I), σ = 0.3; L_n = mean over rows of the
+  squared error summed over outputs; minibatch SGLD, batch 256, nβ = n / log n, each draw's loss on
+  the whole dataset. The rows are split once into 39 batches of 256 distinct rows (one shuffled
+  epoch) and each step draws one of them; losses are computed from the rows' second moments, which
+  equals the row-wise mean squared error exactly at a cost free of the row count. The finite-data
+  minimum is not at w*, which moves λ̂ by about −2σ²/log n ≈ −2% of the regular part of λ even
+  for an exact sampler.
+
+Each is centred at
+
+- **singular**: the most singular true point, the zero-padded factorisation: with t = s^(1/L) and
+  E = [I_r; 0], W_1 = E diag(t) Vᵀ, W_j = E diag(t) Eᵀ, W_L = U diag(t) Eᵀ; every other entry 0;
+- **generic**: the same factors moved along the symmetry of the product, W_j → G_{j+1} W_j G_j⁻¹
+  with random G = orthogonal · diag(e^u) · orthogonal, u ∈ [−0.5, 0.5] (condition numbers ≤ e): no
+  entry is 0, the product is unchanged, and since the move is a diffeomorphism of parameter space
+  that keeps the loss, λ is the same. (The localization term is not invariant under it.)
+
+**The settings rule**, :func:`settings_for` (the one function a calibration replaces;
+``--calibrate`` uses :func:`tmsjax.llc.calibrate` instead). With k* the largest
+eigenvalue of the loss's Hessian at w* (power iteration on Hessian-vector products) and a step
+budget S(d) = min(max_steps, param_steps / d) set by the preset (45,000 steps and 1.5·10⁸ / d on
+the default preset, sized so that each case runs ≤ 30 s on 2 CPU cores):
+
+- ε = c / (nβ k*), c = 0.1: the stiffest direction at w* moves a tenth of its posterior width per
+  step (Euler variance inflation εnβk/4 ≈ 2.5% there);
+- γ = max(1, 1 / (ε S(d))): the smallest localization (at least 1, in units where the true factors
+  are of order 1) whose relaxation time 1/(εγ), the time a direction held only by the localization
+  takes to spread, fits into the budget;
+- 1/(εγ) steps (rounded up to 1000, at least 2000), the first half burn-in, thinned to ≤ 1000 draws
+  per chain; 4 chains.
+
+Per case: widths, rank, d, exact λ and its multiplicity m, λ̂ ± stderr, relative error, verdict,
+usable, the settings, seconds (run and compile apart: compile is the sum of jax.monitoring's compile
+events during the one ``estimate_llc`` call, ``settings_s`` the rule's own time, its power
+iteration's compile included). Summary rows, population and finite apart, over the cases with
+d ≤ 10⁴: median and max |relative error|, median signed error, and ``num_bad_called_ok``: how many
+cases with |error| > 15% the verdict called "ok" (the target is none). devinterp 1.3.2 runs the
+same cases at the same ε, γ, nβ, chains, burn-in and thinning when the optional ``[devinterp]``
+extra is installed (as benchmarks/llc_devinterp.py calls it: row-wise loss on a shuffled
+DataLoader for the finite case, a one-element loader and the Frobenius loss for the population),
+and is skipped with a message otherwise.
+
+Typical result (CPU, 2 cores, jax 0.10.2, default preset, 5.5 min; full table in
+benchmarks/results/llc_accuracy-cpu-2core.json): RESULT
+
+What limits accuracy, from these runs and from sweeps of ε, γ and chain length on the same cases:
+
+- γ, on deep networks: the localization cuts the posterior's volume in the flat (singular)
+  directions and biases λ̂ down, more the deeper the network (the cut scales like nβ/γ^L) and more
+  at the generic point (whose curvature is larger, so ε is smaller and γ, from the budget, larger).
+  No diagnostic sees it: the chains are stationary, accepted and inside the basin, and the verdict
+  says "ok". Only a γ sweep (``llc_grid``) or a longer budget (smaller γ) shows it.
+- ε, on shallow networks at small γ: the chains spread along the flat directions into regions whose
+  curvature is up to ~10× that at w* (measured: k = 4.2 at w*, 41 after burn-in for 20-15-20), so
+  an ε set from w* is too large there and λ̂ comes out high (+5 to +9%). Full-batch runs flag it
+  ("step size too large", acceptance 0.6–0.8).
+- minibatch acceptance: at the same ε and position, the MALA acceptance measured on a 256-row
+  batch reads 0.98–1.0 where the full-batch one reads 0.7–0.9 (the step mostly moves downhill
+  towards the batch's own minimum), so in minibatch mode the step-size warning stays silent: the
+  finite cases that match a flagged population case say "ok".
+- chain length: the rule spends the whole budget on one relaxation time; on the 10⁴-parameter case
+  (17,000 steps on 2 cores) γ is 9–13. A GPU budget (``--preset large``) buys a smaller γ.
+
+Usage: python -m benchmarks.llc_accuracy [--quick | --preset {quick,default,large}] [--calibrate]
+       [--no-devinterp] [--only SUBSTRING]
+"""
+
+import argparse
+import dataclasses
+import functools
+import importlib.util
+import itertools
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.common import print_table, report
+from tmsjax.llc import LLCSettings, calibrate, estimate_llc, exact, usable, verdict
+
+NAME = "llc_accuracy"
+
+# The problem.
+NUM_DATA = 10_000  # finite-data rows; also the nominal n of the population case's nβ = n / log n
+NOISE = 0.3  # σ of the finite-data noise
+BATCH_SIZE = 256
+SINGULAR_VALUES = (0.5, 1.5)  # the range of A₀'s nonzero singular values
+GENERIC_SPREAD = 0.5  # log singular values of the generic point's G in [-spread, spread]
+
+# The settings rule (settings_for).
+STEP_FRACTION = 0.1  # c: ε = c / (nβ k*)
+MIN_LOCALIZATION = 1.0  # γ never below this
+RELAXATIONS = 1.0  # κ: chain length in relaxation times 1/(εγ)
+BURNIN_FRACTION = 0.5  # of the steps
+MIN_STEPS = 2_000
+MAX_DRAWS = 1_000  # per chain, after thinning
+NUM_CHAINS = 4
+POWER_ITERATIONS = 50
+
+# The accuracy summary.
+SUMMARY_MAX_PARAMS = 10_000
+BAD_ERROR = 0.15
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Architectures (widths input first, rank) and the step budget of the settings rule."""
+
+    architectures: tuple[tuple[tuple[int, ...], int], ...]
+    max_steps: int  # S(d) = min(max_steps, param_steps / d)
+    param_steps: float
+
+
+PRESETS = {
+    # Smoke use: three tiny networks, short chains (well under a minute on 2 CPU cores).
+    "quick": Preset((((3, 2, 3), 1), ((4, 3, 3, 4), 1), ((6, 5, 4, 5, 6), 2)), 20_000, 2e8),
+    # 12 to 10⁴ parameters, 2 to 5 layers; each case ≤ 30 s on 2 CPU cores.
+    "default": Preset(
+        (
+            ((3, 2, 3), 1),  # d = 12, L = 2 (reduced-rank regression)
+            ((4, 3, 3, 4), 1),  # d = 33, L = 3
+            ((6, 5, 4, 5, 6), 2),  # d = 100, L = 4
+            ((8, 8, 8, 8, 8, 8), 3),  # d = 320, L = 5
+            ((20, 15, 20), 5),  # d = 600, L = 2
+            ((30, 25, 20, 25), 8),  # d = 1750, L = 3
+            ((12, 16, 16, 16, 16, 12), 4),  # d = 1152, L = 5
+            ((50, 50, 50, 50, 50), 10),  # d = 10⁴, L = 4
+        ),
+        45_000,
+        1.5e8,
+    ),
+    # A GPU: the default cases with longer chains, and 4·10⁴ to 1.6·10⁵ parameters.
+    "large": Preset(
+        (
+            ((4, 3, 3, 4), 1),
+            ((8, 8, 8, 8, 8, 8), 3),
+            ((30, 25, 20, 25), 8),
+            ((50, 50, 50, 50, 50), 10),
+            ((100, 100, 100, 100, 100), 20),  # d = 4·10⁴, L = 4
+            ((150, 150, 150, 150, 150, 150), 30),  # d = 112,500, L = 5
+            ((200, 250, 250, 200), 40),  # d = 162,500, L = 3
+        ),
+        200_000,
+        2e10,
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# The networks, their losses and data
+
+
+def product(factors):
+    """W_L ⋯ W_1 (factors input first)."""
+    out = factors[0]
+    for w in factors[1:]:
+        out = w @ out
+    return out
+
+
+def population_loss(factors, target):
+    """‖W_L ⋯ W_1 − A₀‖²_F: the expected squared error (summed over outputs) minus the noise."""
+    return jnp.sum((product(factors) - target) ** 2)
+
+
+class Moments(NamedTuple):
+    """Second moments of a batch of rows: mean x xᵀ (in × in), mean x yᵀ (in × out), mean |y|²."""
+
+    xx: jax.Array
+    xy: jax.Array
+    yy: jax.Array
+
+
+class Rows(NamedTuple):
+    """The finite dataset: its rows, their moments, and the moments of each minibatch.
+
+    The rows are split once into num_data // BATCH_SIZE batches of distinct rows (a shuffled
+    partition, as one epoch of a data loader), whose moments are computed up front; each SGLD step
+    draws one of them uniformly. Defines ``num_data`` and ``minibatch(key, batch_size)``, which the
+    λ̂ engine reads."""
+
+    x: jax.Array
+    y: jax.Array
+    xx: jax.Array
+    xy: jax.Array
+    yy: jax.Array
+    batches: Moments  # leading axis: the batches
+
+    @property
+    def num_data(self) -> int:
+        return self.x.shape[0]
+
+    def minibatch(self, key, batch_size: int) -> Moments:
+        num_batches = self.batches.yy.shape[0]
+        if batch_size != self.x.shape[0] // num_batches:
+            raise ValueError(f"batch_size {batch_size} is not the precomputed one")
+        index = jax.random.randint(key, (), 0, num_batches)
+        return jax.tree.map(lambda m: m[index], self.batches)
+
+
+def finite_loss(factors, data):
+    """Mean over rows of ‖W_L⋯W_1 x − y‖², from the rows' moments (exact for any batch)."""
+    p = product(factors)
+    return jnp.sum((p @ data.xx) * p) - 2 * jnp.sum(p * data.xy.T) + data.yy
+
+
+def _orthonormal(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((rows, cols)))
+    return q * np.sign(np.diag(r))
+
+
+def true_factors(seed: int, widths, rank: int, generic: bool):
+    """(factors, A₀) in float64: the zero-padded factorisation, or its generic image (docstring)."""
+    rng = np.random.default_rng(seed)
+    num_layers = len(widths) - 1
+    u = _orthonormal(rng, widths[-1], rank)
+    v = _orthonormal(rng, widths[0], rank)
+    s = rng.uniform(*SINGULAR_VALUES, size=rank)
+    target = u @ np.diag(s) @ v.T
+    t = np.diag(s ** (1.0 / num_layers))
+    factors = []
+    for j in range(num_layers):
+        left = u if j == num_layers - 1 else np.eye(widths[j + 1], rank)
+        right = v if j == 0 else np.eye(widths[j], rank)
+        factors.append(left @ t @ right.T)
+    if generic:
+        rng = np.random.default_rng([seed, 1])  # same A₀ and zero-padded point, then G
+        gs = [None]
+        for h in widths[1:-1]:
+            scales = np.exp(rng.uniform(-GENERIC_SPREAD, GENERIC_SPREAD, size=h))
+            gs.append(_orthonormal(rng, h, h) @ np.diag(scales) @ _orthonormal(rng, h, h))
+        gs.append(None)
+        moved = []
+        for j, w in enumerate(factors):
+            if gs[j + 1] is not None:
+                w = gs[j + 1] @ w
+            if gs[j] is not None:
+                w = w @ np.linalg.inv(gs[j])
+            moved.append(w)
+        factors = moved
+    error = np.max(np.abs(product(factors) - target))
+    if error > 1e-8:
+        raise RuntimeError(f"true factors do not multiply to A₀ (error {error:.2e})")
+    return factors, target
+
+
+def finite_data(seed: int, target: np.ndarray, num_data: int, batch_size: int) -> Rows:
+    """n rows x ~ N(0, I), y = A₀x + N(0, σ²I); moments in float64, stored as float32."""
+    rng = np.random.default_rng([seed, 2])
+    x = rng.standard_normal((num_data, target.shape[1]))
+    y = x @ target.T + NOISE * rng.standard_normal((num_data, target.shape[0]))
+    num_batches = num_data // batch_size
+    order = rng.permutation(num_data)[: num_batches * batch_size].reshape(num_batches, batch_size)
+    xb, yb = x[order], y[order]  # (batches, batch_size, ·)
+    f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
+    batches = Moments(
+        f32(np.einsum("bri,brj->bij", xb, xb) / batch_size),
+        f32(np.einsum("bri,brj->bij", xb, yb) / batch_size),
+        f32(np.sum(yb * yb, axis=(1, 2)) / batch_size),
+    )
+    return Rows(
+        f32(x),
+        f32(y),
+        f32(x.T @ x / num_data),
+        f32(x.T @ y / num_data),
+        f32(np.sum(y * y) / num_data),
+        batches,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Cases
+
+
+@dataclasses.dataclass
+class Case:
+    """One estimate's problem: an architecture, a loss (population or finite), a centre."""
+
+    widths: tuple[int, ...]
+    rank: int
+    kind: str  # "population" | "finite"
+    point: str  # "singular" | "generic"
+    seed: int
+    center: tuple  # the factors W_1, ..., W_L (float32)
+    data: Any  # A₀ (population) or Rows (finite)
+    loss_fn: Callable
+    nbeta: float
+    batch_size: int | None
+    exact: exact.LearningCoefficient
+    max_steps: int
+    param_steps: float
+    curvature: float = float("nan")  # k*, filled by build_case
+
+    @property
+    def num_params(self) -> int:
+        return sum(a * b for a, b in itertools.pairwise(self.widths))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.widths) - 1
+
+    @property
+    def label(self) -> str:
+        widths = "-".join(map(str, self.widths))
+        return f"{widths} r={self.rank} {self.kind[:3]} {self.point[:4]}"
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "iterations"))
+def _top_curvature(key, center, data, *, loss_fn, iterations):
+    """The largest Hessian eigenvalue of loss_fn at center, by power iteration on HVPs."""
+    grad = jax.grad(loss_fn)
+
+    def hvp(v):
+        return jax.jvp(lambda w: grad(w, data), (center,), (v,))[1]
+
+    def dot(a, b):
+        return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    leaves, tree = jax.tree.flatten(center)
+    keys = jax.random.split(key, len(leaves))
+    start = jax.tree.unflatten(tree, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+
+    def body(v, _):
+        v = jax.tree.map(lambda x: x / jnp.sqrt(dot(v, v)), v)
+        hv = hvp(v)
+        return hv, dot(v, hv)
+
+    _, rayleigh = jax.lax.scan(body, start, None, length=iterations)
+    return rayleigh[-1]
+
+
+def build_case(widths, rank, kind, point, seed, preset: Preset) -> Case:
+    factors, target = true_factors(seed, widths, rank, generic=point == "generic")
+    center = tuple(jnp.asarray(w, jnp.float32) for w in factors)
+    if kind == "population":
+        data, loss_fn, batch_size = jnp.asarray(target, jnp.float32), population_loss, None
+    else:
+        data = finite_data(seed, target, NUM_DATA, BATCH_SIZE)
+        loss_fn, batch_size = finite_loss, BATCH_SIZE
+    case = Case(
+        tuple(widths),
+        rank,
+        kind,
+        point,
+        seed,
+        center,
+        data,
+        loss_fn,
+        NUM_DATA / math.log(NUM_DATA),
+        batch_size,
+        exact.deep_linear_network(widths, rank),
+        preset.max_steps,
+        preset.param_steps,
+    )
+    return case
+
+
+def cases_of(preset: Preset) -> list[Case]:
+    cases = []
+    for index, (widths, rank) in enumerate(preset.architectures):
+        for kind in ("population", "finite"):
+            for point in ("singular", "generic"):
+                cases.append(build_case(widths, rank, kind, point, 1000 + index, preset))
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+
+
+def curvature(case: Case) -> float:
+    """k*, the largest eigenvalue of the loss's Hessian at w* (computed once per case)."""
+    if math.isnan(case.curvature):
+        case.curvature = float(
+            _top_curvature(
+                jax.random.key(case.seed),
+                case.center,
+                case.data,
+                loss_fn=case.loss_fn,
+                iterations=POWER_ITERATIONS,
+            )
+        )
+    return case.curvature
+
+
+def settings_for(case: Case) -> LLCSettings:
+    """The settings rule (module docstring): ε from the curvature at w*, γ from the step budget.
+
+    One rule for every case, scaling with nβ, the curvature k* and the number of parameters d; a
+    calibration (``tmsjax.llc.calibrate``) replaces this function.
+    """
+    step_size = STEP_FRACTION / (case.nbeta * curvature(case))
+    budget = max(MIN_STEPS, int(min(case.max_steps, case.param_steps / case.num_params)))
+    localization = max(MIN_LOCALIZATION, RELAXATIONS / (step_size * budget))
+    # κ relaxation times (= the budget unless γ sits at its floor), rounded up to 1000 steps so that
+    # the singular and generic points of an architecture share one compiled program.
+    steps = RELAXATIONS / (step_size * localization)
+    num_steps = min(budget, math.ceil(steps / 1000 - 1e-6) * 1000)
+    num_steps = max(MIN_STEPS, num_steps)
+    num_burnin = int(num_steps * BURNIN_FRACTION)
+    thinning = max(1, (num_steps - num_burnin) // MAX_DRAWS)
+    return LLCSettings(
+        step_size=step_size,
+        localization=localization,
+        nbeta=case.nbeta,
+        num_chains=NUM_CHAINS,
+        num_steps=num_steps,
+        num_burnin=num_burnin,
+        thinning=thinning,
+        batch_size=case.batch_size,
+        draw_loss="full",
+    )
+
+
+def calibrated_settings_for(case: Case) -> LLCSettings:
+    """Settings from :func:`tmsjax.llc.calibrate`, its grid started from the rule's settings."""
+    found = calibrate(
+        jax.random.key(case.seed + 7),
+        case.loss_fn,
+        case.center,
+        case.data,
+        settings_for(case),
+        num_data=NUM_DATA,
+    )
+    return found.settings
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing: compile apart from run, in one call
+
+
+_COMPILE_SECONDS: list[float] = []
+_LISTENING = False
+
+
+def _listen_for_compiles() -> None:
+    global _LISTENING
+    if _LISTENING:
+        return
+
+    def listener(event: str, duration: float, **_) -> None:
+        if event.startswith("/jax/core/compile/"):
+            _COMPILE_SECONDS.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    _LISTENING = True
+
+
+def timed_estimate(case: Case, settings: LLCSettings, key):
+    """(result, run seconds, compile seconds) of one estimate_llc call."""
+    _listen_for_compiles()
+    _COMPILE_SECONDS.clear()
+    start = time.perf_counter()
+    result = estimate_llc(key, case.loss_fn, case.center, case.data, settings)
+    result = jax.block_until_ready(result)
+    total = time.perf_counter() - start
+    compile_s = min(sum(_COMPILE_SECONDS), total)
+    return result, total - compile_s, compile_s
+
+
+# ----------------------------------------------------------------------------------------------
+# devinterp 1.3.2 on the same cases (optional extra)
+
+
+def devinterp_available() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("devinterp", "torch"))
+
+
+def devinterp_estimate(case: Case, settings: LLCSettings, seed: int = 0) -> dict:
+    """One λ̂ with devinterp's SGLD at the same ε, γ, nβ, chains, burn-in and thinning (as
+    benchmarks/llc_devinterp.py calls it); returns the estimate and wall time."""
+    import torch
+    from devinterp.optim.sgld import SGLD
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def tensor(array):
+        return torch.tensor(np.asarray(array), dtype=torch.float32, device=device)
+
+    class TorchDLN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            factors = [torch.nn.Parameter(tensor(w)) for w in case.center]
+            self.factors = torch.nn.ParameterList(factors)
+
+        def forward(self, inputs):  # rows (batch, in) -> (batch, out)
+            for w in self.factors:
+                inputs = inputs @ w.T
+            return inputs
+
+        def product(self):
+            out = self.factors[0]
+            for w in self.factors[1:]:
+                out = w @ out
+            return out
+
+    if case.kind == "population":
+        target = tensor(case.data)
+        dataset = torch.utils.data.TensorDataset(torch.zeros(1, 1, device=device))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=1)
+
+        def evaluate(model, batch):
+            return ((model.product() - target) ** 2).sum()
+
+    else:
+        dataset = torch.utils.data.TensorDataset(tensor(case.data.x), tensor(case.data.y))
+        loader = torch.utils.data.DataLoader(dataset, batch_size=settings.batch_size, shuffle=True)
+
+        def evaluate(model, batch):
+            inputs, targets = batch
+            return ((model(inputs) - targets) ** 2).sum(-1).mean()
+
+    start = time.perf_counter()
+    summary = estimate_learning_coeff_with_summary(
+        TorchDLN().to(device),
+        loader,
+        evaluate=evaluate,
+        sampling_method=SGLD,
+        optimizer_kwargs=dict(
+            lr=settings.step_size, localization=settings.localization, nbeta=settings.nbeta
+        ),
+        num_chains=settings.num_chains,
+        num_draws=settings.num_draws,
+        num_burnin_steps=settings.num_burnin,
+        num_steps_bw_draws=settings.thinning,
+        device=device,
+        verbose=False,
+        seed=seed,
+    )
+    return {
+        "llc": float(summary["llc/mean"]),
+        "llc_std": float(summary["llc/std"]),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows
+
+
+def estimate_case(case: Case, rule: Callable[[Case], LLCSettings], with_devinterp: bool) -> dict:
+    start = time.perf_counter()
+    settings = rule(case)
+    settings_s = time.perf_counter() - start
+    result, run_s, compile_s = timed_estimate(case, settings, jax.random.key(case.seed))
+    lam = case.exact.llc
+    llc, stderr = float(result.llc), float(result.stderr)
+    row = {
+        "workload": f"DLN {case.label}",
+        "tmsjax_s": run_s,
+        "compile_s": compile_s,
+        "settings_s": settings_s,
+        "kind": case.kind,
+        "point": case.point,
+        "widths": list(case.widths),
+        "rank": case.rank,
+        "layers": case.num_layers,
+        "params": case.num_params,
+        "llc_exact": lam,
+        "multiplicity": case.exact.multiplicity,
+        "llc": llc,
+        "stderr": stderr,
+        "rel_error": (llc - lam) / lam,
+        "verdict": verdict(result),
+        "usable": bool(usable(result)),
+        "acceptance": float(np.nanmean(np.asarray(result.diagnostics.acceptance))),
+        "curvature": case.curvature,
+        "nbeta": settings.nbeta,
+        "step_size": settings.step_size,
+        "localization": settings.localization,
+        "num_steps": settings.num_steps,
+        "num_burnin": settings.num_burnin,
+        "thinning": settings.thinning,
+        "num_chains": settings.num_chains,
+        "batch_size": settings.batch_size,
+        "baseline": "devinterp 1.3.2" if with_devinterp else "devinterp (unavailable)",
+        "baseline_s": float("nan"),
+        "ratio": float("nan"),
+    }
+    if with_devinterp:
+        theirs = devinterp_estimate(case, settings, seed=case.seed)
+        row.update(
+            baseline_s=theirs["seconds"],
+            ratio=theirs["seconds"] / run_s,
+            llc_baseline=theirs["llc"],
+            rel_error_baseline=(theirs["llc"] - lam) / lam,
+        )
+    return row
+
+
+def summary_rows(rows: list[dict], total_s: float) -> list[dict]:
+    """Median / max |relative error| per loss kind over d ≤ 10⁴, and bad estimates called "ok"."""
+    out = []
+    small = [r for r in rows if r["params"] <= SUMMARY_MAX_PARAMS]
+    for kind in ("population", "finite", "all"):
+        group = [r for r in small if kind == "all" or r["kind"] == kind]
+        if not group:
+            continue
+        errors = [abs(r["rel_error"]) for r in group]
+        worst = max(group, key=lambda r: abs(r["rel_error"]))
+        bad = [r for r in group if abs(r["rel_error"]) > BAD_ERROR]
+        bad_ok = [r for r in bad if r["verdict"] == "ok"]
+        ok = [r for r in group if r["verdict"] == "ok"]
+        row = {
+            "workload": f"summary {kind} (d <= {SUMMARY_MAX_PARAMS}, {len(group)} cases)",
+            "tmsjax_s": sum(r["tmsjax_s"] for r in group),
+            "compile_s": sum(r["compile_s"] for r in group),
+            "baseline": "",
+            "kind": f"summary {kind}",
+            "cases": len(group),
+            "median_abs_rel_error": statistics.median(errors),
+            "max_abs_rel_error": max(errors),
+            "worst_case": worst["workload"],
+            "median_rel_error": statistics.median(r["rel_error"] for r in group),
+            "num_bad": len(bad),
+            "num_bad_called_ok": len(bad_ok),
+            "bad_called_ok_fraction": len(bad_ok) / len(bad) if bad else 0.0,
+            "num_ok": len(ok),
+            "ok_but_bad_fraction": len(bad_ok) / len(ok) if ok else 0.0,
+            "num_usable": sum(r["usable"] for r in group),
+        }
+        if kind == "all":
+            row["wall_s"] = total_s  # the whole run: settings, compiles and runs
+        baseline = [r["rel_error_baseline"] for r in group if "rel_error_baseline" in r]
+        if baseline:
+            row["median_abs_rel_error_baseline"] = statistics.median(abs(e) for e in baseline)
+            row["max_abs_rel_error_baseline"] = max(abs(e) for e in baseline)
+        out.append(row)
+    return out
+
+
+def run(
+    quick: bool = False,
+    *,
+    preset: str | None = None,
+    use_calibration: bool = False,
+    devinterp: bool = True,
+    only: str | None = None,
+) -> list[dict]:
+    """Every case of the preset (``quick`` picks the quick one), then the summary rows."""
+    name = preset or ("quick" if quick else "default")
+    chosen = PRESETS[name]
+    rule = settings_for
+    if use_calibration:
+        rule = calibrated_settings_for
+    with_devinterp = devinterp and devinterp_available()
+    if devinterp and not with_devinterp:
+        print(
+            "devinterp unavailable (pip install -e .[devinterp]); running tmsjax only",
+            file=sys.stderr,
+        )
+    start = time.perf_counter()
+    rows = []
+    for case in cases_of(chosen):
+        if only and only not in case.label:
+            continue
+        row = estimate_case(case, rule, with_devinterp)
+        row["preset"] = name
+        row["rule"] = "calibrate" if use_calibration else "settings_for"
+        rows.append(row)
+        print(
+            f"{row['workload']:<40} d={row['params']:<6} λ={row['llc_exact']:<8.4g} "
+            f"λ̂={row['llc']:.4g}±{row['stderr']:.2g} err={row['rel_error']:+.3f} "
+            f"γ={row['localization']:.3g} steps={row['num_steps']} acc={row['acceptance']:.3f} "
+            f"run={row['tmsjax_s']:.1f}s compile={row['compile_s']:.1f}s {row['verdict']}",
+            flush=True,
+        )
+    return rows + summary_rows(rows, time.perf_counter() - start)
+
+
+CASE_COLUMNS = [
+    "workload",
+    "params",
+    "layers",
+    "llc_exact",
+    "multiplicity",
+    "llc",
+    "stderr",
+    "rel_error",
+    "usable",
+    "verdict",
+    "localization",
+    "num_steps",
+    "acceptance",
+    "tmsjax_s",
+    "compile_s",
+]
+SUMMARY_COLUMNS = [
+    "workload",
+    "median_abs_rel_error",
+    "max_abs_rel_error",
+    "median_rel_error",
+    "num_bad",
+    "num_bad_called_ok",
+    "num_ok",
+    "num_usable",
+    "worst_case",
+]
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the quick preset (smoke use)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    parser.add_argument(
+        "--calibrate", action="store_true", help="settings from tmsjax.llc.calibrate"
+    )
+    parser.add_argument("--no-devinterp", action="store_true", help="skip devinterp even if there")
+    parser.add_argument("--only", default=None, help="only cases whose label contains this")
+    args = parser.parse_args(argv)
+    rows = run(
+        args.quick,
+        preset=args.preset,
+        use_calibration=args.calibrate,
+        devinterp=not args.no_devinterp,
+        only=args.only,
+    )
+    cases = [r for r in rows if not r["kind"].startswith("summary")]
+    summaries = [r for r in rows if r["kind"].startswith("summary")]
+    report(NAME, rows)
+    if not cases:
+        return rows
+    print()
+    columns = CASE_COLUMNS + (["llc_baseline", "baseline_s"] if "llc_baseline" in cases[0] else [])
+    print_table(cases, columns)
+    print()
+    print_table(summaries, SUMMARY_COLUMNS)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
