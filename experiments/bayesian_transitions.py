@@ -514,26 +514,15 @@ def analyse(settings: dict, store: ResultStore) -> dict:
             }
         )
     n_grid = np.geomspace(min(sizes) * 0.8, max(sizes) * 1.25, 200)
-    theory_occupancy = (
-        theory.theoretical_occupancy(
-            n_grid,
-            theory_phases,
-            temperature=settings["temperature"],
-            prior_std=settings["prior_std"],
-        )
-        if theory_phases
-        else np.zeros((len(n_grid), 0))
-    )
-    theory_at_sizes = (
-        theory.theoretical_occupancy(
-            sizes,
-            theory_phases,
-            temperature=settings["temperature"],
-            prior_std=settings["prior_std"],
-        )
-        if theory_phases
-        else np.zeros((len(sizes), 0))
-    )
+
+    def theory_occupancy_at(n):
+        if not theory_phases:
+            return np.zeros((len(n), 0))
+        scales = dict(temperature=settings["temperature"], prior_std=settings["prior_std"])
+        return theory.theoretical_occupancy(n, theory_phases, **scales)
+
+    theory_occupancy = theory_occupancy_at(n_grid)
+    theory_at_sizes = theory_occupancy_at(sizes)
     theoretical_crossings = theory.all_crossings(
         theory_phases, temperature=settings["temperature"], prior_std=settings["prior_std"]
     )
