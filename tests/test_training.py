@@ -142,18 +142,24 @@ def _theta0():
     return np.array([[1.0, -2.0], [3.0, 0.5], [-1.0, 4.0], [2.0, 2.0]], np.float32)
 
 
-def test_gradient_descent_on_a_quadratic_matches_the_closed_form():
-    theta0, target = _theta0(), np.array([0.5, -1.0], np.float32)
-    schedule = checkpoint_schedule(NUM_STEPS, 12)
-    result = run_ensemble(
+def _run_quadratic(theta0, target, schedule):
+    """Gradient descent towards `target` from `theta0`, recorded at `schedule` (chunks of 4)."""
+    shared = _Quadratic(jnp.asarray(target))
+    return run_ensemble(
         _step,
         _record,
         _initial_states(theta0),
         schedule,
-        shared=_Quadratic(jnp.asarray(target)),
+        shared=shared,
         progress=False,
         checkpoints_per_chunk=4,
     )
+
+
+def test_gradient_descent_on_a_quadratic_matches_the_closed_form():
+    theta0, target = _theta0(), np.array([0.5, -1.0], np.float32)
+    schedule = checkpoint_schedule(NUM_STEPS, 12)
+    result = _run_quadratic(theta0, target, schedule)
     np.testing.assert_array_equal(result.steps, schedule)
     assert result.records["theta"].shape == (4, schedule.size, 2)
     steps = np.broadcast_to(schedule, (4, schedule.size))
@@ -259,15 +265,7 @@ def test_new_shared_data_of_the_same_shape_runs_without_recompiling(caplog):
     )
     target = np.array([-3.0, 7.0], np.float32)
     with jax.log_compiles(), caplog.at_level(logging.WARNING):
-        result = run_ensemble(
-            _step,
-            _record,
-            _initial_states(theta0),
-            schedule,
-            shared=_Quadratic(jnp.asarray(target)),
-            progress=False,
-            checkpoints_per_chunk=4,
-        )
+        result = _run_quadratic(theta0, target, schedule)
     messages = [r.getMessage() for r in caplog.records]
     compiles = [m[:80] for m in messages if "Compiling" in m and "run_chunk" in m]
     assert not compiles, compiles
