@@ -4,7 +4,11 @@ Each module in benchmarks/ with a ``run(quick)`` function answers one speed ques
 baseline measured in the same run; the harness collects their rows into
 ``benchmarks/results/<device>.json``.
 
-Usage: python -m benchmarks [--quick] [--only core,llc_devinterp]
+The JSON is rewritten after every module, so a run cut short keeps what finished; ``--append``
+keeps the rows of modules not run this time (``benchmarks/gpu.sh`` runs one module per process,
+each under its own time limit).
+
+Usage: python -m benchmarks [--quick] [--only core,llc_devinterp] [--append]
 """
 
 import argparse
@@ -34,10 +38,20 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller workloads (minutes)")
     parser.add_argument("--only", default=None, help="comma-separated benchmark modules")
+    parser.add_argument(
+        "--append", action="store_true", help="keep other modules' rows already in the JSON"
+    )
     args = parser.parse_args(argv)
     names = discover() if args.only is None else args.only.split(",")
     device = device_name()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{device}.json"
     rows, errors = [], {}
+    if args.append and path.exists():
+        old = json.loads(path.read_text())
+        rows = [row for row in old["rows"] if row["benchmark"] not in names]
+        errors = {name: e for name, e in old.get("errors", {}).items() if name not in names}
+    payload = {"device": device, "jax": jax.__version__, "quick": args.quick}
     for name in names:
         print(f"== {name}", flush=True)
         try:
@@ -46,20 +60,12 @@ def main(argv=None) -> dict:
         except Exception as error:  # one broken benchmark does not hide the others
             errors[name] = f"{type(error).__name__}: {error}"
             traceback.print_exc()
+        payload |= {"rows": rows, "errors": errors}
+        path.write_text(json.dumps(payload, indent=2, default=float))
     print()
     print_table(
         rows, ["benchmark", "workload", "tmsjax_s", "baseline", "baseline_s", "ratio", "device"]
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{device}.json"
-    payload = {
-        "device": device,
-        "jax": jax.__version__,
-        "quick": args.quick,
-        "rows": rows,
-        "errors": errors,
-    }
-    path.write_text(json.dumps(payload, indent=2, default=float))
     print(f"wrote {path}")
     return payload
 
