@@ -1,5 +1,5 @@
 """Grid sharding over a Mesh of 8 forced CPU devices: padding, placement, equality with
-unsharded."""
+unsharded (a plain vmapped sweep, and λ̂ along training)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tmsjax import sharding
+from tmsjax.llc import LLCSettings, llc_along_training
 
 
 def test_pad_grid_repeats_last_element():
@@ -49,3 +50,26 @@ def test_mesh_needs_grid_axis():
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("other",))
     with pytest.raises(ValueError, match="grid"):
         sharding.shard_grid(jnp.zeros(4), mesh)
+
+
+def _quadratic_loss(w, data):
+    return jnp.sum((w - data) ** 2)
+
+
+def test_llc_along_training_on_a_mesh_equals_unsharded():
+    # 3 runs × 3 checkpoints = 9 cells over 8 devices: padded to 16, two cells per device. Data per
+    # run: a cell must find its run's data and nβ after padding (shared data: multiprocess_worker).
+    centers = jax.random.normal(jax.random.key(1), (3, 3, 2))
+    data = jnp.arange(3.0)[:, None] * jnp.ones((3, 2))  # run r pulls towards (r, r)
+    settings = LLCSettings(nbeta=10.0, num_chains=2, num_steps=20)
+    kwargs = dict(data_per_run=True, cell_batch=1)
+    key = jax.random.key(0)
+    expected = llc_along_training(key, _quadratic_loss, centers, data, settings, **kwargs)
+    sharded = llc_along_training(
+        key, _quadratic_loss, centers, data, settings, mesh=sharding.grid_mesh(), **kwargs
+    )
+    # One cell per vmap lane on both paths (cell_batch=1): the same program per cell, so bitwise.
+    for want, got in zip(jax.tree.leaves(expected), jax.tree.leaves(sharded), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert sharded.llc.shape == (3, 3)
+    assert len(np.unique(np.asarray(sharded.llc))) == 9  # no cell dropped or repeated

@@ -10,14 +10,14 @@ The grid is padded to a multiple of the device count by repeating its last eleme
 so padded elements cannot produce NaNs or divergences that pollute diagnostics), and the padding is
 sliced off the outputs.
 
-Many hosts (e.g. several GPU nodes): call ``jax.distributed.initialize()`` at the top of the entry
-point on every host (coordinator address, process count and id from the cluster environment, e.g.
-SLURM or ``JAX_COORDINATOR_ADDRESS``), then run the *same* program on every host. :func:`grid_mesh`
-takes ``jax.devices()``, which after initialisation lists the devices of all hosts, and
-:func:`shard_grid` builds the global arrays with ``jax.make_array_from_callback``, so each host
-materialises only the slices its own devices hold. Outputs are global arrays; :func:`gather` brings
-them to every host (``multihost_utils.process_allgather``) for writing results, which one host
-(``jax.process_index() == 0``) should do.
+Many hosts (e.g. several GPU nodes), or many CPU processes on one machine: every process calls
+``jax.distributed.initialize()`` before importing tmsjax (``python -m tmsjax.launch`` does it; see
+docs/multihost.md), then runs the *same* program. :func:`grid_mesh` takes ``jax.devices()``, which
+after initialisation lists the devices of all processes, and :func:`shard_grid` builds the global
+arrays with ``jax.make_array_from_callback``, so each process materialises only the slices its own
+devices hold; :func:`replicate` places the inputs every cell shares. Outputs are global arrays;
+:func:`gather` brings them to every process (``multihost_utils.process_allgather``) for writing
+results, which one process (``jax.process_index() == 0``) should do.
 
 Example::
 
@@ -73,6 +73,27 @@ def pad_grid(tree: PyTree, multiple: int) -> tuple[PyTree, int]:
     return jax.tree.map(pad, tree), size
 
 
+def _grid_mesh_or_default(mesh: Mesh | None) -> Mesh:
+    mesh = grid_mesh() if mesh is None else mesh
+    if GRID_AXIS not in mesh.axis_names:
+        raise ValueError(f"mesh must have an axis named {GRID_AXIS!r}, got {mesh.axis_names}")
+    return mesh
+
+
+def _put(leaf, sharding: NamedSharding) -> jax.Array:
+    """One leaf as a global array laid out by `sharding` (PRNG key arrays included)."""
+    if jax.process_count() == 1:
+        return jax.device_put(leaf, sharding)
+    # Many hosts: every host holds the full (small) input; each builds only its devices' slices.
+    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(leaf)
+        data = np.asarray(jax.random.key_data(leaf))
+        raw = jax.make_array_from_callback(data.shape, sharding, lambda index: data[index])
+        return jax.random.wrap_key_data(raw, impl=impl)
+    host = np.asarray(leaf)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def shard_grid(tree: PyTree, mesh: Mesh | None = None) -> tuple[PyTree, int]:
     """Pads the leading grid axis to a multiple of the mesh size and shards it with ``P("grid")``.
 
@@ -84,27 +105,37 @@ def shard_grid(tree: PyTree, mesh: Mesh | None = None) -> tuple[PyTree, int]:
     Returns:
       The sharded tree and the original grid size (pass it to :func:`unpad`).
     """
-    mesh = grid_mesh() if mesh is None else mesh
-    if GRID_AXIS not in mesh.axis_names:
-        raise ValueError(f"mesh must have an axis named {GRID_AXIS!r}, got {mesh.axis_names}")
+    mesh = _grid_mesh_or_default(mesh)
     padded, size = pad_grid(tree, mesh.shape[GRID_AXIS])
     sharding = NamedSharding(mesh, P(GRID_AXIS))
+    return jax.tree.map(lambda leaf: _put(leaf, sharding), padded), size
 
-    def put(leaf):
-        if jax.process_count() == 1:
-            return jax.device_put(leaf, sharding)
-        # Many hosts: every host holds the full (small) input; each builds only its devices' slices.
-        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            impl = jax.random.key_impl(leaf)
-            data = np.asarray(jax.random.key_data(leaf))
-            raw = jax.make_array_from_callback(
-                data.shape, NamedSharding(mesh, P(GRID_AXIS)), lambda i: data[i]
-            )
-            return jax.random.wrap_key_data(raw, impl=impl)
-        host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-    return jax.tree.map(put, padded), size
+def replicate(tree: PyTree, mesh: Mesh | None = None) -> PyTree:
+    """Every leaf whole on every device of `mesh` (``P()``): the shared inputs of a sharded sweep.
+
+    On many hosts a jitted program may only mix global arrays, so shared inputs (a dataset every
+    grid element reads, nβ per run) are placed like the sharded ones, from each host's own copy.
+    """
+    sharding = NamedSharding(_grid_mesh_or_default(mesh), P())
+    return jax.tree.map(lambda leaf: _put(leaf, sharding), tree)
+
+
+def map_grid(fn, mesh: Mesh, num_grid_args: int):
+    """``fn`` run by every device on its own slice of the grid (``jax.shard_map``).
+
+    The first `num_grid_args` arguments are sharded on their leading grid axis (padded to a multiple
+    of the mesh size by :func:`shard_grid`), the rest are replicated (:func:`replicate`); every
+    output leaf has the grid axis. Unlike a vmap left to GSPMD, `fn` sees only the local cells, so
+    a ``lax.map`` over groups of cells inside it runs over each device's cells, not across devices.
+    """
+    mesh = _grid_mesh_or_default(mesh)
+
+    def mapped(*args):
+        specs = tuple(P(GRID_AXIS) if i < num_grid_args else P() for i in range(len(args)))
+        return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P(GRID_AXIS))(*args)
+
+    return mapped
 
 
 def unpad(tree: PyTree, size: int) -> PyTree:
@@ -135,6 +166,8 @@ __all__ = [
     "grid_size",
     "pad_grid",
     "shard_grid",
+    "replicate",
+    "map_grid",
     "unpad",
     "gather",
     "run_sharded",

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tmsjax import sharding
 from tmsjax.checks import check_finite, check_positive_int
 from tmsjax.llc.core import LLCResult, LossFn, default_nbeta, num_data_of, sample_llc
 from tmsjax.llc.partition import partition_model
@@ -303,13 +304,14 @@ def llc_grid(
         "chains",
         "minibatch_fn",
         "data_per_run",
-        "num_checkpoints",
         "cell_batch",
+        "mesh",
     ),
 )
 def _along_jit(
     keys,
     centers,
+    run_index,
     data,
     nbeta,
     step_size,
@@ -319,21 +321,27 @@ def _along_jit(
     chains,
     minibatch_fn,
     data_per_run,
-    num_checkpoints,
     cell_batch,
+    mesh,
 ):
     core = functools.partial(sample_llc, loss_fn=loss_fn, chains=chains, minibatch_fn=minibatch_fn)
-    run_index = jnp.arange(keys.shape[0]) // num_checkpoints
 
-    def cell(inputs):
-        key, center, run = inputs
-        if data_per_run:
-            # Index the run's dataset inside the cell instead of repeating it per checkpoint.
-            run_data = jax.tree.map(lambda x: x[run], data)
-            return core(key, center, run_data, nbeta[run], step_size, localization)
-        return core(key, center, data, nbeta, step_size, localization)
+    def cells(keys, centers, run_index, data, nbeta, step_size, localization):
+        def cell(inputs):
+            key, center, run = inputs
+            if data_per_run:
+                # Index the run's dataset inside the cell instead of repeating it per checkpoint.
+                run_data = jax.tree.map(lambda x: x[run], data)
+                return core(key, center, run_data, nbeta[run], step_size, localization)
+            return core(key, center, data, nbeta, step_size, localization)
 
-    return _map_cells(cell, (keys, centers, run_index), cell_batch)
+        return _map_cells(cell, (keys, centers, run_index), cell_batch)
+
+    args = (keys, centers, run_index, data, nbeta, step_size, localization)
+    if mesh is None:
+        return cells(*args)
+    # Each device runs its own cells (groups of cell_batch), never a group split across devices.
+    return sharding.map_grid(cells, mesh, num_grid_args=3)(*args)
 
 
 def llc_along_training(
@@ -347,6 +355,7 @@ def llc_along_training(
     num_data=None,
     minibatch_fn: Callable | None = None,
     cell_batch: int | None = DEFAULT_CELL_BATCH,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> LLCResult:
     r"""λ̂ at every checkpoint of many training runs, in one compiled call (runs × checkpoints).
 
@@ -369,6 +378,11 @@ def llc_along_training(
       cell_batch: (run, checkpoint) cells vmapped together, groups run one after another; None for
         all at once (best on a GPU).
       minibatch_fn: as in :func:`estimate_llc`.
+      mesh: a mesh with a "grid" axis (:func:`tmsjax.sharding.grid_mesh`, on many hosts after
+        ``jax.distributed.initialize``; docs/multihost.md). The (run, checkpoint) cells are padded
+        and sharded over its devices, each device running its own cells in groups of
+        `cell_batch`. Every cell keeps its key (split from `key` before padding), so the result
+        does not depend on the device count, and every process gets all of it (gathered).
 
     Returns:
       An :class:`~tmsjax.llc.LLCResult` whose fields have leading axes (num_runs, num_checkpoints).
@@ -400,21 +414,30 @@ def llc_along_training(
             raise ValueError(f"num_data must be a scalar for shared data, got {np.shape(nbeta)}")
     num_cells = num_runs * num_checkpoints
     centers = jax.tree.map(lambda x: jnp.reshape(x, (num_cells, *jnp.shape(x)[2:])), arrays)
-    keys = jax.random.split(key, num_runs * num_checkpoints)
+    # One key per cell, split before any padding: a sharded run samples the same cells.
+    keys = jax.random.split(key, num_cells)
+    run_index = np.arange(num_cells) // int(num_checkpoints)
+    grid, shared = (keys, centers, run_index), (data, nbeta)
+    if mesh is not None:
+        grid, size = sharding.shard_grid(grid, mesh)
+        shared = sharding.replicate(shared, mesh)
     flat = _along_jit(
-        keys,
-        centers,
-        data,
-        nbeta,
+        *grid,
+        *shared,
         settings.step_size,
         settings.localization,
         loss_fn=loss,
         chains=settings.chains,
         minibatch_fn=minibatch_fn,
         data_per_run=data_per_run,
-        num_checkpoints=int(num_checkpoints),
         cell_batch=_check_cell_batch(cell_batch),
+        mesh=mesh,
     )
+    if mesh is not None:
+        # Gather first, then unpad and reshape on the host: on device, slicing off the padding and
+        # regrouping cells that straddle devices would be a collective for a few numbers (and
+        # every process gets the whole result to write, as the unsharded call gives it).
+        flat = jax.tree.map(jnp.asarray, sharding.unpad(sharding.gather(flat), size))
     return jax.tree.map(lambda x: x.reshape(num_runs, num_checkpoints, *x.shape[1:]), flat)
 
 
