@@ -58,7 +58,7 @@ def _quadratic_loss(w, data):
 
 def test_llc_along_training_on_a_mesh_equals_unsharded():
     # 3 runs × 3 checkpoints = 9 cells over 8 devices: padded to 16, two cells per device. Data per
-    # run: a cell must find its run's data and nβ after padding (shared data: multiprocess_worker).
+    # run: a cell must find its run's data after padding (shared data: multiprocess_worker).
     centers = jax.random.normal(jax.random.key(1), (3, 3, 2))
     data = jnp.arange(3.0)[:, None] * jnp.ones((3, 2))  # run r pulls towards (r, r)
     settings = LLCSettings(nbeta=10.0, num_chains=2, num_steps=20)
