@@ -217,7 +217,11 @@ def double_well(w, data):
 
 def test_verdict_names_an_escape(key):
     settings = LLCSettings(nbeta=100.0, num_steps=2000)
-    result = llc.estimate_llc(key, double_well, jnp.zeros(1), settings=settings)
+    with pytest.raises(llc.LLCError, match="escaped"):  # by default a failure never passes
+        llc.estimate_llc(key, double_well, jnp.zeros(1), settings=settings)
+    result = llc.estimate_llc(
+        key, double_well, jnp.zeros(1), settings=settings, on_failure="return"
+    )
     assert float(result.llc) < 0
     assert np.all(np.asarray(result.diagnostics.escape_fraction) > 0.5)
     assert np.all(np.asarray(result.diagnostics.escaped))
@@ -248,7 +252,11 @@ def test_verdict_names_a_large_step_size(key):
 
 def test_verdict_names_a_blow_up(key):
     settings = LLCSettings(1.0, nbeta=100.0, num_steps=200)
-    result = llc.estimate_llc(key, squared_norm, jnp.zeros(2), settings=settings)
+    with pytest.raises(llc.LLCError, match="non-finite.*lower settings.step_size"):
+        llc.estimate_llc(key, squared_norm, jnp.zeros(2), settings=settings)
+    result = llc.estimate_llc(
+        key, squared_norm, jnp.zeros(2), settings=settings, on_failure="return"
+    )
     assert llc.verdict(result).startswith("non-finite (4/4 chains)")
     assert np.all(np.asarray(result.diagnostics.non_finite)) and not bool(llc.usable(result))
 
@@ -301,7 +309,9 @@ def test_along_training_equals_looped_estimates_and_compiles_once(key):
     for run in range(num_runs):
         for checkpoint in range(num_checkpoints):
             cell_key = keys[run * num_checkpoints + checkpoint]
-            single = llc.estimate_llc(cell_key, counted_loss, params[run, checkpoint], x, settings)
+            single = llc.estimate_llc(
+                cell_key, counted_loss, params[run, checkpoint], x, settings, on_failure="return"
+            )
             np.testing.assert_allclose(
                 batched.llc[run, checkpoint], single.llc, rtol=1e-4, atol=1e-4
             )
@@ -311,7 +321,7 @@ def test_along_training_equals_looped_estimates_and_compiles_once(key):
     llc.llc_along_training(jax.random.fold_in(key, 2), counted_loss, moved, x * 2.0, settings)
     changed = settings.replace(step_size=2e-3, localization=3.0, nbeta=40.0)
     llc.llc_along_training(jax.random.fold_in(key, 3), counted_loss, params, x, changed)
-    llc.estimate_llc(key, counted_loss, params[0, 0], x, changed)
+    llc.estimate_llc(key, counted_loss, params[0, 0], x, changed, on_failure="return")
     assert len(traces) == before and num_traces > 0
 
 
@@ -505,3 +515,26 @@ def test_missing_n_and_bad_arguments_are_named(key):
         llc.llc_grid(key, squared_norm, jnp.zeros(2), None, minibatch, step_sizes=[1e-3])
     with pytest.raises(ValueError, match="batch_size needs data"):
         llc.llc_along_training(key, squared_norm, jnp.zeros((1, 1, 2)), None, minibatch)
+
+
+def test_a_loss_that_does_not_fit_the_model_fails_at_once_with_a_message(key):
+    x = jnp.ones((50, 3))
+
+    def loss_fn(params, data):
+        return jnp.mean((data @ params["w"]) ** 2)
+
+    settings = LLCSettings(num_chains=2, num_steps=10)
+    with pytest.raises(ValueError, match=r"loss_fn\(center, data\) fails.*KeyError"):
+        llc.estimate_llc(key, loss_fn, {"v": jnp.ones(3)}, x, settings)
+    with pytest.raises(ValueError, match="fails.*structure and shapes"):
+        llc.estimate_llc(key, loss_fn, {"w": jnp.ones(4)}, x, settings)
+    with pytest.raises(ValueError, match="floating scalar.*shape \\(50,\\)"):
+        llc.estimate_llc(key, lambda p, d: d @ p["w"], {"w": jnp.ones(3)}, x, settings)
+    with pytest.raises(ValueError, match="nan at the centre"):
+        llc.estimate_llc(
+            key, lambda p, d: jnp.nan * jnp.sum(p["w"]), {"w": jnp.ones(3)}, x, settings
+        )
+    with pytest.raises(ValueError, match="on_failure"):
+        llc.estimate_llc(key, loss_fn, {"w": jnp.ones(3)}, x, settings, on_failure="ignore")
+    with pytest.raises(ValueError, match=r"loss_fn\(params, data\) fails"):
+        llc.llc_along_training(key, loss_fn, {"v": jnp.ones((2, 3, 3))}, x, settings)

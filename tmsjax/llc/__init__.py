@@ -41,7 +41,14 @@ References:
 """
 
 from tmsjax.llc import exact
-from tmsjax.llc.api import DEFAULT_CELL_BATCH, LLCGrid, estimate_llc, llc_along_training, llc_grid
+from tmsjax.llc.api import (
+    DEFAULT_CELL_BATCH,
+    LLCError,
+    LLCGrid,
+    estimate_llc,
+    llc_along_training,
+    llc_grid,
+)
 from tmsjax.llc.calibrate import Calibration, CalibrationError, calibrate, stable_region
 from tmsjax.llc.core import LLCResult, default_minibatch, default_nbeta, num_data_of, sample_llc
 from tmsjax.llc.health import (
@@ -79,6 +86,7 @@ __all__ = [
     "CalibrationError",
     "ChainSettings",
     "LLCDiagnostics",
+    "LLCError",
     "LLCGrid",
     "LLCResult",
     "LLCSettings",

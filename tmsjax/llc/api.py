@@ -23,6 +23,7 @@ import numpy as np
 from tmsjax import sharding
 from tmsjax.checks import check_finite, check_positive_int
 from tmsjax.llc.core import LLCResult, LossFn, default_nbeta, num_data_of, sample_llc
+from tmsjax.llc.health import usable, verdict
 from tmsjax.llc.partition import partition_model
 from tmsjax.llc.settings import LLCSettings
 from tmsjax.types import PRNGKey, PyTree
@@ -44,12 +45,35 @@ def _check_common(loss_fn, settings, data) -> None:
         raise ValueError("settings.batch_size needs data to draw minibatches from")
 
 
+class LLCError(ValueError):
+    """λ̂ could not be estimated: every way the estimate failed is named in the message."""
+
+
 def _sampled(model: PyTree, loss_fn: LossFn, name: str):
     """(arrays to sample, loss of them): the model's floating arrays, checked finite."""
     arrays, loss = partition_model(model, loss_fn, name)
     for leaf in jax.tree.leaves(arrays):
         check_finite(name, leaf)
     return arrays, loss
+
+
+def _check_loss(loss: LossFn, arrays: PyTree, data: Any, name: str) -> None:
+    """Traces the loss once on the model and data (no compilation), so that a model of the wrong
+    structure or shapes, or a loss that is not a scalar, fails here with a message that says so
+    instead of deep inside the sampler."""
+    try:
+        value = jax.eval_shape(loss, arrays, data)
+    except Exception as error:  # any tracing error: the user's loss does not fit this model/data
+        raise ValueError(
+            f"loss_fn({name}, data) fails on the {name} and data given "
+            f"({type(error).__name__}: {error}); check that {name} has the structure and shapes "
+            "loss_fn expects"
+        ) from error
+    if getattr(value, "shape", None) != () or not jnp.issubdtype(value.dtype, jnp.inexact):
+        raise ValueError(
+            f"loss_fn must return a floating scalar, got {getattr(value, 'dtype', type(value))} "
+            f"of shape {getattr(value, 'shape', '?')} (average over the batch inside loss_fn)"
+        )
 
 
 def _check_positive_values(name: str, value) -> np.ndarray:
@@ -124,6 +148,7 @@ def estimate_llc(
     *,
     num_data: int | None = None,
     minibatch_fn: Callable | None = None,
+    on_failure: str = "raise",
 ) -> LLCResult:
     r"""Estimates the local learning coefficient of `loss_fn` at `center`.
 
@@ -148,13 +173,20 @@ def estimate_llc(
         batch size, draw loss, sampler).
       num_data: n for the default nβ = n / log n, when it cannot be read from `data`.
       minibatch_fn: ``(key, data, batch_size) -> batch``; default uniform rows with replacement.
+      on_failure: ``"raise"`` (default): raise :class:`LLCError` when the estimate is not
+        :func:`~tmsjax.llc.usable` (a chain blew up or escaped), so a diverged sampler never
+        passes as a number; ``"return"``: return it for inspection (``verdict``, ``summarize``).
+        Drift and low acceptance are warnings either way: read ``verdict(result)``.
 
     Returns:
-      An :class:`~tmsjax.llc.LLCResult`; ``usable(result)`` decides whether to use it,
-      ``verdict(result)`` says "ok" or names the problem.
+      An :class:`~tmsjax.llc.LLCResult`; ``verdict(result)`` says "ok" or names the problem.
 
     Raises:
-      ValueError: naming the bad argument (no n for nβ, a NaN centre, minibatches without data).
+      ValueError: naming the bad argument (no n for nβ, a NaN centre, a centre `loss_fn` cannot
+        evaluate, a loss that is not a scalar or not finite at the centre, minibatches without
+        data).
+      LLCError: (``on_failure="raise"``) when no usable estimate came out, with the verdict and
+        what to change.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -167,11 +199,14 @@ def estimate_llc(
       (True, 'ok')
     """
     _check_common(loss_fn, settings, data)
+    if on_failure not in ("raise", "return"):
+        raise ValueError(f"on_failure must be 'raise' or 'return', got {on_failure!r}")
     arrays, loss = _sampled(center, loss_fn, "center")
+    _check_loss(loss, arrays, data, "center")
     nbeta = _resolve_nbeta(settings.nbeta, num_data, data)
     if nbeta.ndim != 0:
         raise ValueError(f"num_data must be a scalar here, got shape {nbeta.shape}")
-    return _estimate_jit(
+    result = _estimate_jit(
         key,
         arrays,
         data,
@@ -182,6 +217,18 @@ def estimate_llc(
         chains=settings.chains,
         minibatch_fn=minibatch_fn,
     )
+    init_loss = float(result.init_loss)
+    if not np.isfinite(init_loss):
+        raise ValueError(f"loss_fn(center, data) is {init_loss} at the centre; λ̂ needs it finite")
+    if on_failure == "raise" and not bool(usable(result)):
+        raise LLCError(
+            f"no usable λ̂ ({verdict(result)}) at step_size={settings.step_size:g}, "
+            f"localization={settings.localization:g}, nbeta={float(nbeta):g}: lower "
+            "settings.step_size or raise settings.localization (tmsjax.llc.calibrate chooses "
+            "them), or check that the centre is a local minimum (chains that find lower loss "
+            "escape); on_failure='return' returns the result to inspect"
+        )
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,6 +315,7 @@ def llc_grid(
     """
     _check_common(loss_fn, settings, data)
     arrays, loss = _sampled(center, loss_fn, "center")
+    _check_loss(loss, arrays, data, "center")
     step_sizes = settings.step_size if step_sizes is None else step_sizes
     localizations = settings.localization if localizations is None else localizations
     step_sizes = np.atleast_1d(_check_positive_values("step_sizes", step_sizes))
@@ -395,6 +443,8 @@ def llc_along_training(
     num_runs, num_checkpoints = jnp.shape(leaves[0])[:2]
     if any(jnp.shape(leaf)[:2] != (num_runs, num_checkpoints) for leaf in leaves):
         raise ValueError("params' arrays must share the leading axes (num_runs, num_checkpoints)")
+    first_data = jax.tree.map(lambda x: x[0], data) if data_per_run else data
+    _check_loss(loss, jax.tree.map(lambda x: x[0, 0], arrays), first_data, "params")
     if data_per_run:
         data_leaves = jax.tree.leaves(data)
         if not data_leaves or any(jnp.shape(x)[0] != num_runs for x in data_leaves):

@@ -96,6 +96,7 @@ from tmsjax.llc.api import (
     DEFAULT_CELL_BATCH,
     LLCGrid,
     _check_common,
+    _check_loss,
     _check_nonnegative,
     _check_positive_values,
     _resolve_nbeta,
@@ -483,6 +484,7 @@ def calibrate(
             f"(4-8 recommended), got {settings.num_chains}"
         )
     arrays, loss = _sampled(center, loss_fn, "center")
+    _check_loss(loss, arrays, data, "center")
     reference_nbeta = None
     if nbetas is None:
         nbetas = _resolve_nbeta(settings.nbeta, num_data, data)
