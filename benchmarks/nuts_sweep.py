@@ -290,7 +290,7 @@ def run(quick: bool = False) -> list[dict]:
         },
     ]
 
-    # The same sweep on the data's sufficient statistics (exact same target, O(c² log n) per
+    # The same sweep on the data's sufficient statistics (exact same target, O(c²) per
     # gradient), against the same numpyro loops and against numpyro given that likelihood too, so
     # the table separates what the likelihood buys from what the sweep buys.
     stats_sweep = make_nuts_sweep(

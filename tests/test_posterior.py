@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from tmsjax.tms import posterior
-from tmsjax.tms.data import make_dataset, nested_datasets, sample_sparse_limit, sparse_limit_stats
+from tmsjax.tms.data import (
+    count_at_most,
+    make_dataset,
+    nested_datasets,
+    sample_sparse_limit,
+    sparse_limit_stats,
+)
 from tmsjax.tms.model import TMSParams, loss
 
 
@@ -89,3 +95,23 @@ def test_sufficient_statistics_validate(key):
         sparse_limit_stats(x, [30], num_slots=2)
     with pytest.raises(ValueError, match="sizes"):
         sparse_limit_stats(x, [0])
+
+
+def test_bucket_counts_equal_brute_force_at_every_edge(key):
+    # Thresholds exactly at data values, at bucket edges k/K, at 0 and 1 and outside [0, 1]: the
+    # bucket table must count #{μ ≤ t} exactly as a comparison against every μ does.
+    x = sample_sparse_limit(key, 500, 4)
+    x = x.at[3].set(0.0).at[4, 1].set(1.0)  # μ = 0 and μ = 1 rows
+    stats = jax.tree.map(lambda a: a[0], sparse_limit_stats(x, [500]))
+    num_buckets = stats.bucket_start.shape[-1] - 1
+    for i in range(4):
+        mu = np.asarray(stats.mu[i])
+        real = mu[: int(stats.counts[i])]
+        edges = np.arange(num_buckets + 1) / num_buckets
+        t = np.concatenate([real, edges, [-0.5, 0.0, 1.0, 1.5, 2.5]]).astype(mu.dtype)
+        # (not next to 0: XLA on CPU flushes subnormals to zero, so ±1e-45 compare as 0 there)
+        t = t[t != 0]
+        t = np.concatenate([t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf), [0.0]])
+        got = np.asarray(count_at_most(stats.bucket_start[i], stats.bucket_mu[i], jnp.asarray(t)))
+        want = (real[None, :] <= t[:, None]).sum(axis=1)
+        np.testing.assert_array_equal(got, want)

@@ -127,19 +127,27 @@ class SparseLimitStats(NamedTuple):
 
     For such data the loss of every (input feature i, output j) pair is a sum over the samples of
     feature i of a quadratic in μ on the interval where output j fires, so three prefix sums over
-    each feature's sorted μ give it exactly (:func:`tmsjax.tms.model.sum_squared_error_from_stats`):
-    O(c² log n) per evaluation instead of O(n c r). Same value and gradient as the rows.
+    each feature's sorted μ give it exactly (:func:`tmsjax.tms.model.sum_squared_error_from_stats`).
+    What remains is to count the μ below each of the c² thresholds; a bucket table makes that O(1):
+    with K a power of two, bucket k holds the μ with ⌊μK⌋ = k (exact in floating point, since μK is
+    exact), so #{μ ≤ t} = (samples in buckets below ⌊tK⌋) + (those of bucket ⌊tK⌋ that are ≤ t), a
+    gather and at most `bucket_size` comparisons. O(c²) per evaluation instead of O(n c r): the same
+    value and gradient as the rows.
 
     Attributes:
       mu: (c, m) each feature's μ values sorted ascending, padded with 2.0 (> any μ ∈ [0, 1]).
       moments: (3, c, m + 1) prefix sums of μ⁰, μ¹, μ² over `mu` (moments[:, i, k] sums the k
         smallest μ of feature i).
       counts: (c,) samples per feature; n = counts.sum().
+      bucket_start: (c, K + 1) the number of feature i's μ in buckets below k.
+      bucket_mu: (c, K + 1, bucket_size) the μ of bucket k (bucket K holds μ = 1), padded with +inf.
     """
 
     mu: Float[Array, "num_features m"]
     moments: Float[Array, "3 num_features m_plus_1"]
     counts: Int[Array, " num_features"]
+    bucket_start: Int[Array, "num_features K_plus_1"]
+    bucket_mu: Float[Array, "num_features K_plus_1 bucket_size"]
 
     @property
     def num_data(self) -> Int[Array, ""]:
@@ -174,8 +182,19 @@ def sparse_limit_stats(x, sizes, num_slots: int | None = None) -> SparseLimitSta
         raise ValueError(
             f"num_slots={m} is smaller than the {int(counts.max())} samples of one feature"
         )
+    dtype = jnp.zeros(()).dtype  # float32 unless x64 is enabled
+    # Buckets are cut on the μ the loss will see (cast to its dtype); K a power of two ≥ m, so
+    # that ⌊μK⌋ is exact. Their width is the largest occupancy over all of x (nested datasets
+    # never hold more), so every block of a sweep with the same num_slots has the same shapes.
+    num_buckets = 1 << max(int(m) - 1, 1).bit_length()
+    mu = np.asarray(mu.astype(dtype), np.float64)
+    bucket = np.minimum(np.floor(mu * num_buckets).astype(np.int64), num_buckets)
+    flat = feature * (num_buckets + 1) + bucket
+    bucket_size = max(int(np.bincount(flat).max()), 1)
     sorted_mu = np.full((len(sizes), num_features, m), 2.0)
     moments = np.zeros((len(sizes), 3, num_features, m + 1))
+    bucket_start = np.zeros((len(sizes), num_features, num_buckets + 1), np.int32)
+    bucket_mu = np.full((len(sizes), num_features, num_buckets + 1, bucket_size), np.inf)
     for s, n in enumerate(sizes):
         for i in range(num_features):
             values = np.sort(mu[:n][feature[:n] == i])
@@ -184,10 +203,27 @@ def sparse_limit_stats(x, sizes, num_slots: int | None = None) -> SparseLimitSta
                 sums = np.concatenate([[0.0], np.cumsum(values**power)])
                 moments[s, power, i, : len(sums)] = sums
                 moments[s, power, i, len(sums) :] = sums[-1]
-    dtype = jnp.zeros(()).dtype  # float32 unless x64 is enabled
+            owner = np.minimum(np.floor(values * num_buckets).astype(np.int64), num_buckets)
+            per_bucket = np.bincount(owner, minlength=num_buckets + 1)
+            bucket_start[s, i, 1:] = np.cumsum(per_bucket)[:-1]
+            slot = np.arange(len(values)) - bucket_start[s, i, owner]
+            bucket_mu[s, i, owner, slot] = values
     return SparseLimitStats(
-        jnp.asarray(sorted_mu, dtype), jnp.asarray(moments, dtype), jnp.asarray(counts)
+        jnp.asarray(sorted_mu, dtype),
+        jnp.asarray(moments, dtype),
+        jnp.asarray(counts),
+        jnp.asarray(bucket_start),
+        jnp.asarray(bucket_mu, dtype),
     )
+
+
+def count_at_most(bucket_start, bucket_mu, t) -> Int[Array, "..."]:
+    """#{μ ≤ t} of one feature for each threshold in `t`, from its bucket table
+    (:class:`SparseLimitStats` ``bucket_start[i]``, ``bucket_mu[i]``): O(bucket_size) per threshold.
+    """
+    num_buckets = bucket_start.shape[-1] - 1
+    k = jnp.clip(jnp.floor(t * num_buckets), 0, num_buckets).astype(bucket_start.dtype)
+    return bucket_start[k] + jnp.sum(bucket_mu[k] <= t[..., None], axis=-1, dtype=k.dtype)
 
 
 def minibatch_indices(key: PRNGKey, num_data, batch_size: int) -> Int[Array, " batch_size"]:
@@ -225,6 +261,7 @@ def epoch_permutation(key: PRNGKey, dataset: Dataset) -> Int[Array, " n_max"]:
 __all__ = [
     "Dataset",
     "SparseLimitStats",
+    "count_at_most",
     "sparse_limit_stats",
     "sample_sparse_limit",
     "sample_sparse",

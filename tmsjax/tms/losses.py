@@ -5,7 +5,7 @@ Three ways to the same :math:`L_n` or its limit:
 - :func:`row_loss`: the mean over the real rows of a padded :class:`~tmsjax.tms.data.Dataset`,
   :math:`L_n(w) = \frac1n \sum_{k:\,\mathrm{mask}_k} \lVert x_k - f(x_k; w)\rVert^2`;
 - :func:`stats_loss`: the same value for one-hot (high-sparsity) data from its sufficient statistics
-  (:class:`~tmsjax.tms.data.SparseLimitStats`), O(c² log n) instead of O(n c);
+  (:class:`~tmsjax.tms.data.SparseLimitStats`), O(c²) instead of O(n c);
 - :func:`potential_loss`: the exact population loss :math:`L = H/(3c)` (n → ∞), data ignored.
 
 A padded Dataset defines ``num_data`` and ``minibatch(key, batch_size)``, which the LLC engine uses

@@ -57,7 +57,7 @@ def log_likelihood(
     Up to a w-independent constant this is
     :math:`\sum_k \log\mathcal N(x_k; f(x_k; w), \tfrac T2 I)`. `dataset` may also be the
     :class:`~tmsjax.tms.data.SparseLimitStats` of one-hot data: the same value from prefix sums,
-    O(c² log n) instead of O(n c) per evaluation.
+    O(c²) instead of O(n c) per evaluation.
     """
     if isinstance(dataset, SparseLimitStats):
         return -model.sum_squared_error_from_stats(params, dataset) / temperature
