@@ -1,4 +1,4 @@
-r"""Bayesian phase transitions in the TMS: NUTS phase occupancy across dataset sizes vs free-energy
+r"""Bayesian phase transitions in the TMS: phase occupancy across dataset sizes vs free-energy
 theory.
 
 Question: as the number of samples n grows, does the posterior's dominant phase move from the 5-gon
@@ -13,13 +13,20 @@ Method (Chen et al. 2023 §5):
   program (by default as their exact sufficient statistics,
   :func:`tmsjax.tms.data.sparse_limit_stats`: the same likelihood at O(c² log n) per gradient;
   ``--likelihood rows`` evaluates it row by row);
-- sampler: blackjax NUTS with per-chain Stan window adaptation (:mod:`tmsjax.sampling.nuts`),
-  vmapped over the (n, chain) grid, run in blocks of n values that are written to disk as they
-  finish (a re-run resumes); ``--sampler chees`` runs ChEES-HMC instead (chains of one n share a
-  trajectory length); ``--sampler smc`` runs adaptive tempered SMC from the prior
-  (:mod:`tmsjax.sampling.smc`, ``--smc-replicates`` independent runs of ``--smc-particles`` per n),
-  whose occupancies do not depend on chains crossing between phases: the check that the NUTS
-  occupancies are the posterior's;
+- sampler (default ``--sampler tempering``): replica exchange (:mod:`tmsjax.sampling.tempering`),
+  every chain a ladder of ``--num-temperatures`` copies at :math:`\varphi\,e^{-\beta nL_n}`,
+  geometric in β from :math:`\beta_{\min} = \min(1, n_{\mathrm{hot}}/n)` to 1, so the hottest
+  copy sees the posterior of ``--hot-size`` samples (200: where chains cross between the 5- and
+  6-gon freely) and carries its crossings down to β = 1 by swaps; each copy moves with blackjax
+  HMC (``--leapfrog-steps``), step size and mass matrix adapted per temperature; draws kept at
+  β = 1. ``--sampler nuts`` is the reference: blackjax NUTS with per-chain Stan window adaptation
+  (:mod:`tmsjax.sampling.nuts`), whose chains stop crossing between the 5- and 6-gon from n ≈ 600
+  on, so its occupancies there remember where the chains started (its multi-chain error bars say
+  so); ``--sampler chees`` runs ChEES-HMC (chains of one n share a trajectory length);
+  ``--sampler smc`` runs adaptive tempered SMC from the prior (:mod:`tmsjax.sampling.smc`,
+  ``--smc-replicates`` independent runs of ``--smc-particles`` per n), the independent check.
+  All vmapped over the (n, chain) grid and run in blocks of n values written to disk as they
+  finish (a re-run resumes);
 - coarse-graining: every draw classified by :func:`tmsjax.tms.phases.classify_batch` with
   ``max_distance=inf`` (the paper's hull-vertex count plus bias signs: at n ≲ 1000 the posterior
   spread is comparable to the classifier's default distance cut, which would call most draws
@@ -92,6 +99,7 @@ from tmsjax.results import ResultStore
 from tmsjax.sampling import diagnostics
 from tmsjax.sampling.nuts import lockstep_efficiency, make_chees_sweep, make_nuts_sweep
 from tmsjax.sampling.smc import make_smc_sweep
+from tmsjax.sampling.tempering import geometric_ladder, make_tempering_sweep
 from tmsjax.tms import theory
 from tmsjax.tms.critical import critical_points
 from tmsjax.tms.data import Dataset, nested_datasets, sample_sparse_limit, sparse_limit_stats
@@ -112,6 +120,9 @@ PRESETS = {
         block_sizes=3,
         smc_particles=1000,
         smc_replicates=4,
+        num_temperatures=6,
+        hot_size=200,
+        leapfrog_steps=4,
         tsne_points=1500,
     ),
     # GPU: the paper's range, 100..2000 for c = 6 (c = 4, 5 get 100..600 in their own run).
@@ -126,6 +137,9 @@ PRESETS = {
         block_sizes=16,
         smc_particles=4000,
         smc_replicates=8,
+        num_temperatures=8,
+        hot_size=200,
+        leapfrog_steps=4,
         tsne_points=1500,
     ),
     # Seconds: two n, one chain per phase, a few steps; only checks that every stage runs.
@@ -140,9 +154,16 @@ PRESETS = {
         tsne_points=40,
         smc_particles=64,
         smc_replicates=2,
+        num_temperatures=3,
+        hot_size=200,
+        leapfrog_steps=4,
     ),
 }
 PAPER_SMALL_C_SIZES = "100,150,200,250,300,400,500,600"
+# The default occupancy sampler must mix at every n (issue #15): NUTS chains stop crossing between
+# the 5- and 6-gon from n ≈ 600 on. Replica exchange and tempered SMC both mix; see the module
+# docstring for which is cheaper at equal error and why it is the default.
+DEFAULT_SAMPLER = "tempering"
 
 
 def add_arguments(parser):
@@ -155,7 +176,9 @@ def add_arguments(parser):
     parser.add_argument(
         "--block-sizes", type=int, default=None, help="dataset sizes per compiled call"
     )
-    parser.add_argument("--sampler", choices=["nuts", "chees", "smc"], default="nuts")
+    parser.add_argument(
+        "--sampler", choices=["tempering", "smc", "nuts", "chees"], default=DEFAULT_SAMPLER
+    )
     parser.add_argument(
         "--likelihood",
         choices=["stats", "rows"],
@@ -165,6 +188,19 @@ def add_arguments(parser):
     parser.add_argument("--smc-particles", type=int, default=None, help="particles per SMC run")
     parser.add_argument(
         "--smc-replicates", type=int, default=None, help="independent SMC runs per n"
+    )
+    parser.add_argument(
+        "--num-temperatures", type=int, default=None, help="replica exchange: copies per chain K"
+    )
+    parser.add_argument(
+        "--hot-size",
+        type=float,
+        default=None,
+        help="replica exchange: the hottest copy sees the posterior of this many samples "
+        "(beta_min = min(1, hot_size T / n))",
+    )
+    parser.add_argument(
+        "--leapfrog-steps", type=int, default=None, help="replica exchange: leapfrog steps per move"
     )
     parser.add_argument("--init", choices=["phases", "prior"], default="phases")
     parser.add_argument("--prior-std", type=float, default=1.0)
@@ -195,6 +231,8 @@ def check(args):
         "block_sizes",
         "smc_particles",
         "smc_replicates",
+        "num_temperatures",
+        "leapfrog_steps",
     )
     for name in counts:
         value = getattr(args, name)
@@ -202,6 +240,8 @@ def check(args):
             raise ValueError(
                 f"--{name.replace('_', '-')} must be a positive integer, got {value!r}"
             )
+    if not (isinstance(args.hot_size, int | float) and 0 < args.hot_size < math.inf):
+        raise ValueError(f"--hot-size must be a positive number, got {args.hot_size!r}")
     if not isinstance(args.tsne_points, int) or args.tsne_points < 0:
         raise ValueError(f"--tsne-points must be a non-negative integer, got {args.tsne_points!r}")
 
@@ -217,6 +257,9 @@ def settings_from_args(args) -> dict:
         "block_sizes",
         "smc_particles",
         "smc_replicates",
+        "num_temperatures",
+        "hot_size",
+        "leapfrog_steps",
         "sampler",
         "likelihood",
         "init",
@@ -280,6 +323,19 @@ def initial_positions(key, labels, num_features, init: str, num_chains: int) -> 
     )
 
 
+def sampled_phases(c: int, theory_labels) -> list[str]:
+    """The phases chains start near and the summary reports: the theory set (phases with known λ),
+    completed to three with the lowest-loss catalogue points (c = 5: 5, 4⁺, 4; c = 4: 4, 4⁻, 4⁻⁻,
+    whose λ has no closed form)."""
+    labels = list(theory_labels)
+    for point in critical_points(c):
+        if len(labels) >= 3:
+            break
+        if point.label not in labels:
+            labels.append(point.label)
+    return labels
+
+
 def phase_switches(ids: np.ndarray) -> np.ndarray:
     """Number of changes of phase id along each chain (num_chains, num_draws) -> (num_chains,)."""
     return np.sum(ids[:, 1:] != ids[:, :-1], axis=1)
@@ -295,9 +351,9 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
         return
     if settings["sampler"] == "smc":
         return run_smc_sweep(settings, store, todo, progress)
-    init_labels = [p.label for p in theory.catalogue_phases(c, settings["llc_estimates"])]
-    if not init_labels:  # c = 4: no phase with known λ; start near the lowest-loss catalogue points
-        init_labels = [p.label for p in critical_points(c)[:3]]
+    init_labels = sampled_phases(
+        c, [p.label for p in theory.catalogue_phases(c, settings["llc_estimates"])]
+    )
     num_chains = settings["chains_per_phase"] * len(init_labels)
     key_run = sweep_keys(settings["seed"]).chains
     n_max = max(sizes)
@@ -310,6 +366,15 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
         sweep = make_nuts_sweep(
             logdensity_fn,
             max_num_doublings=settings["max_doublings"],
+            data_axes=Dataset(x=None, mask=0) if rows else 0,
+            **draws,
+        )
+    elif settings["sampler"] == "tempering":
+        prior_std, temperature = settings["prior_std"], settings["temperature"]
+        sweep = make_tempering_sweep(
+            lambda w: log_prior(w, prior_std),
+            lambda w, d: log_likelihood(w, d, temperature),
+            num_integration_steps=settings["leapfrog_steps"],
             data_axes=Dataset(x=None, mask=0) if rows else 0,
             **draws,
         )
@@ -332,13 +397,22 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
             [jax.random.split(k[1], num_chains) for k in keys_n]
         )  # (block, chains)
         start = time.perf_counter()
-        if settings["sampler"] == "nuts":
+        if settings["sampler"] in ("nuts", "tempering"):
             if rows:
                 grid_data = Dataset(x, jnp.repeat(datasets.mask, num_chains, axis=0))
             else:
                 grid_data = jax.tree.map(lambda a: jnp.repeat(a, num_chains, axis=0), datasets)
             positions = jax.tree.map(lambda *xs: jnp.concatenate(xs), *inits)
-            result = sweep(chain_keys.reshape(-1), positions, grid_data)
+            if settings["sampler"] == "nuts":
+                result = sweep(chain_keys.reshape(-1), positions, grid_data)
+            else:
+                # Every copy of a chain starts where the chain does; the hot ones spread out.
+                copies = settings["num_temperatures"]
+                positions = jax.tree.map(
+                    lambda a: jnp.repeat(a[:, None], copies, axis=1), positions
+                )
+                betas = np.repeat(temperature_ladders(padded, settings), num_chains, axis=0)
+                result = sweep(chain_keys.reshape(-1), positions, grid_data, betas)
         else:
             positions = jax.tree.map(lambda *xs: jnp.stack(xs), *inits)
             result = sweep(chain_keys[:, 0], positions, datasets)
@@ -348,9 +422,26 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
             part = jax.tree.map(
                 lambda a: np.asarray(a).reshape(block, num_chains, *np.shape(a)[1:])[index], result
             )
-            save_size(store, n, part, c, seconds / len(sizes_block), init_labels)
+            if settings["sampler"] == "tempering":
+                save_tempering_size(store, n, part, c, seconds / len(sizes_block))
+            else:
+                save_size(store, n, part, c, seconds / len(sizes_block), init_labels)
             bar.update(1)
     bar.close()
+
+
+def temperature_ladders(sizes, settings: dict) -> np.ndarray:
+    r"""Replica-exchange ladders, one per n: geometric from
+    :math:`\beta_{\min} = \min(1, n_{\mathrm{hot}} T / n)` to 1.
+
+    The tempered posterior :math:`\varphi\,e^{-\beta n L_n / T}` is that of
+    :math:`\beta n / T` samples, so the hottest copy sees the posterior of ``hot_size`` samples,
+    where NUTS chains cross between the 5- and 6-gon freely (n ≲ 450 at c = 6). At n ≤ hot_size
+    every copy is at β = 1 and the swaps are no-ops.
+    """
+    sizes = np.asarray(sizes, float)
+    beta_min = np.minimum(1.0, settings["hot_size"] * settings["temperature"] / sizes)
+    return np.asarray(geometric_ladder(beta_min, settings["num_temperatures"]))
 
 
 def block_data(x, sizes, likelihood: str):
@@ -422,6 +513,37 @@ def run_smc_sweep(settings: dict, store: ResultStore, todo: list, progress: bool
     bar.close()
 
 
+def save_tempering_size(store: ResultStore, n: int, part, c: int, seconds: float) -> None:
+    """The β = 1 draws of every chain of one n, classified, with the ladder's diagnostics."""
+    W, b = np.asarray(part.positions.W), np.asarray(part.positions.b)
+    num_chains, num_draws = W.shape[:2]
+    classes = classify_batch(W.reshape(-1, 2, c), b.reshape(-1, c), max_distance=math.inf)
+    ids = np.asarray(classes.ids).reshape(num_chains, num_draws)
+    start = jax.tree.map(lambda a: np.asarray(a)[:, 0], part.initial_positions)
+    init_ids = np.asarray(classify_batch(start.W, start.b, max_distance=math.inf).ids)
+    thin = max(1, num_draws // 50)  # 50 draws per chain kept for the t-SNE
+    store.save_arrays(
+        f"n_{n:05d}",
+        ids=ids,
+        init_ids=init_ids,
+        W=W[:, ::thin],
+        b=b[:, ::thin],
+        loglikelihood=np.asarray(part.loglikelihood),
+        betas=np.asarray(part.betas),
+        step_size=np.asarray(part.step_size),
+        acceptance_rate=np.asarray(part.acceptance_rate),
+        swap_acceptance=np.asarray(part.swap_acceptance),
+        num_round_trips=np.asarray(part.num_round_trips),
+        num_divergent=np.asarray(part.num_divergent),
+        seconds=np.asarray(seconds),
+        positions_ess=diagnostics.effective_sample_size(
+            np.concatenate([W.reshape(num_chains, num_draws, -1), b], axis=-1)
+        )
+        if num_draws >= 4
+        else np.zeros(3 * c),
+    )
+
+
 def save_size(store: ResultStore, n: int, part, c: int, seconds: float, init_labels) -> None:
     W, b = np.asarray(part.positions.W), np.asarray(part.positions.b)
     num_chains, num_draws = W.shape[:2]
@@ -463,7 +585,8 @@ def analyse(settings: dict, store: ResultStore) -> dict:
     table = list(phase_labels(c))
     theory_phases = theory.catalogue_phases(c, settings["llc_estimates"])
     tlabels = [p.label for p in theory_phases]
-    shown = list(dict.fromkeys(tlabels + ["other"]))
+    phases = sampled_phases(c, tlabels)
+    shown = phases + ["other"]
     occupancy = {label: [] for label in shown}
     errors = {label: [] for label in shown}
     per_n = []
@@ -471,17 +594,47 @@ def analyse(settings: dict, store: ResultStore) -> dict:
         data = store.load_arrays(f"n_{n:05d}")
         ids = data["ids"]
         labels = np.asarray(table, dtype=object)[ids]
+        occupancy_ess = {}
         for label in shown:
-            indicator = ~np.isin(labels, tlabels) if label == "other" else labels == label
+            indicator = ~np.isin(labels, phases) if label == "other" else labels == label
             p, se, ess = diagnostics.occupancy_with_error(indicator)
             occupancy[label].append(p)
             errors[label].append(se)
+            occupancy_ess[label] = ess
         counts = {lab: int(np.sum(labels == lab)) for lab in table if np.any(labels == lab)}
+        if settings["sampler"] == "tempering":
+            switches = phase_switches(ids)
+            copies = len(data["betas"][0])
+            per_n.append(
+                {
+                    "n": n,
+                    "counts": counts,
+                    "occupancy_ess": occupancy_ess,
+                    "phase_switches_per_chain_mean": float(switches.mean()),
+                    "chains_that_switched": int(np.sum(switches > 0)),
+                    "beta_min": float(data["betas"][0, 0]),
+                    "min_swap_acceptance": float(data["swap_acceptance"].min())
+                    if copies > 1
+                    else float("nan"),
+                    "mean_swap_acceptance": float(data["swap_acceptance"].mean())
+                    if copies > 1
+                    else float("nan"),
+                    "round_trips_per_chain_mean": float(data["num_round_trips"].mean()),
+                    "mean_acceptance": float(data["acceptance_rate"].mean()),
+                    "num_divergent": int(data["num_divergent"].sum()),
+                    # K copies × L leapfrog steps per round, one β = 1 draw per round.
+                    "gradients_per_draw": copies * settings["leapfrog_steps"],
+                    "min_position_ess": float(np.nanmin(data["positions_ess"])),
+                    "seconds": float(data["seconds"]),
+                }
+            )
+            continue
         if settings["sampler"] == "smc":
             per_n.append(
                 {
                     "n": n,
                     "counts": counts,
+                    "occupancy_ess": occupancy_ess,
                     "log_evidence_per_replicate": data["log_evidence"].tolist(),
                     "tempering_steps_mean": float(data["num_steps"].mean()),
                     "mean_acceptance": float(np.nanmean(data["acceptance_rate"])),
@@ -494,6 +647,7 @@ def analyse(settings: dict, store: ResultStore) -> dict:
             {
                 "n": n,
                 "counts": counts,
+                "occupancy_ess": occupancy_ess,
                 "phase_switches_per_chain_mean": float(switches.mean()),
                 "chains_that_switched": int(np.sum(switches > 0)),
                 "final_phase_by_init": {
@@ -509,6 +663,8 @@ def analyse(settings: dict, store: ResultStore) -> dict:
                 "mean_acceptance": float(data["acceptance_rate"].mean()),
                 "mean_step_size": float(data["step_size"].mean()),
                 "lockstep_efficiency": lockstep_efficiency(data["num_integration_steps"]),
+                # A vmapped draw costs the longest trajectory of its batch; this is the mean.
+                "gradients_per_draw": float(data["num_integration_steps"].mean()),
                 "min_position_ess": float(np.nanmin(data["positions_ess"])),
                 "seconds": float(data["seconds"]),
             }
@@ -526,10 +682,13 @@ def analyse(settings: dict, store: ResultStore) -> dict:
     theoretical_crossings = theory.all_crossings(
         theory_phases, temperature=settings["temperature"], prior_std=settings["prior_std"]
     )
+    # Every pair of reported phases, the higher-loss one first (c = 5: 4 -> 5, whose λ has no
+    # closed form, so no theoretical crossing stands beside it).
+    loss = {point.label: point.loss for point in critical_points(c)}
     empirical_crossings = {}
-    for high in tlabels:
-        for low in tlabels:
-            if high != low and dict(zip(tlabels, range(len(tlabels))))[low] < tlabels.index(high):
+    for high in phases:
+        for low in phases:
+            if loss[low] < loss[high]:
                 n_c = theory.empirical_crossing(sizes, occupancy[high], occupancy[low])
                 if np.isfinite(n_c):
                     empirical_crossings[f"{high}->{low}"] = n_c
@@ -549,16 +708,7 @@ def analyse(settings: dict, store: ResultStore) -> dict:
         "diagnostics": {
             "per_n": per_n,
             "total_seconds": sum(r["seconds"] for r in per_n),
-            **(
-                {}
-                if settings["sampler"] == "smc"
-                else {
-                    "total_divergent": sum(r["num_divergent"] for r in per_n),
-                    "mean_lockstep_efficiency": float(
-                        np.mean([r["lockstep_efficiency"] for r in per_n])
-                    ),
-                }
-            ),
+            **sampler_totals(settings["sampler"], per_n),
         },
     }
     store.write_summary(summary)
@@ -569,6 +719,22 @@ def analyse(settings: dict, store: ResultStore) -> dict:
     if settings["tsne_points"] > 0:
         store.save_figure("tsne.png", tsne_figure(store, sizes, table, c, settings))
     return summary
+
+
+def sampler_totals(sampler: str, per_n: list) -> dict:
+    """Sweep-wide sampler diagnostics for summary.json."""
+    if sampler == "smc":
+        return {}
+    totals = {"total_divergent": sum(r["num_divergent"] for r in per_n)}
+    if sampler == "tempering":
+        swaps = [r["min_swap_acceptance"] for r in per_n if np.isfinite(r["min_swap_acceptance"])]
+        totals["min_swap_acceptance"] = min(swaps) if swaps else float("nan")  # K = 1: no swaps
+        totals["total_round_trips_per_chain"] = float(
+            sum(r["round_trips_per_chain_mean"] for r in per_n)
+        )
+        return totals
+    totals["mean_lockstep_efficiency"] = float(np.mean([r["lockstep_efficiency"] for r in per_n]))
+    return totals
 
 
 CROSSING_NOTE = (
@@ -623,7 +789,7 @@ def occupancy_figure(sizes, occupancy, errors, n_grid, theory_occupancy, tlabels
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    colors = phase_colors(tlabels + ["unknown"])
+    colors = phase_colors([label for label in occupancy if label != "other"] + ["unknown"])
     colors["other"] = colors["unknown"]
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, label in enumerate(tlabels):

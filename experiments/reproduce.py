@@ -48,28 +48,79 @@ EXPERIMENTS = [
     ),
     ("detect_transitions", {}, {}),
 ]
+# Settings every preset gets, per experiment: at the paper preset bayesian_transitions would
+# otherwise run c = 6, 5 and 4 into sub-folders of its folder, leaving none a summary.json.
+FIXED = {"bayesian_transitions": {"num_features": 6}}
+# Further runs of an experiment, each in a folder of its own, right after it (and selected with it
+# by --only): {experiment: [(folder, {preset: settings})]}. The paper's c = 5 and c = 4 sweeps
+# (n from 100 to 600); at CPU scale 8 sizes × 9 chains (3 near each of the three lowest phases)
+# × 300 + 300 rounds of replica exchange.
+SMALL_C_CPU = {
+    "sizes": "100,150,200,250,300,400,500,600",
+    "chains_per_phase": 3,
+    "num_warmup": 300,
+    "num_samples": 300,
+    "block_sizes": 8,
+    "tsne_points": 500,  # the t-SNE of 1500 points took longer than the sampling
+}
+VARIANTS = {
+    "bayesian_transitions": [
+        (
+            f"bayesian_transitions_c{c}",
+            {
+                "smoke": {"num_features": c},
+                "cpu": {"num_features": c, **SMALL_C_CPU},
+                "paper": {"num_features": c, "sizes": "100,150,200,250,300,400,500,600"},
+            },
+        )
+        for c in (5, 4)
+    ]
+}
 NAMES = [name for name, *_ in EXPERIMENTS]
+VARIANT_NAMES = [folder for runs in VARIANTS.values() for folder, _ in runs]
 
 DONE = ".done"
 PRESETS = {"smoke": {}, "cpu": {}, "paper": {}}
 
 
 def add_arguments(parser):
-    parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(NAMES)}")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help=f"comma-separated subset of {','.join(NAMES + VARIANT_NAMES)}",
+    )
 
 
 def check(args):
     if args.only is not None:
-        unknown = sorted(set(args.only.split(",")) - set(NAMES))
+        unknown = sorted(set(args.only.split(",")) - set(NAMES + VARIANT_NAMES))
         if unknown:
-            raise ValueError(f"--only names unknown experiments {unknown}; choose from {NAMES}")
+            raise ValueError(
+                f"--only names unknown experiments {unknown}; choose from {NAMES + VARIANT_NAMES}"
+            )
 
 
-def _run_one(name: str, inputs: dict, cpu_settings: dict, out: Path, args) -> dict:
-    module = importlib.import_module(f"experiments.{name}")
-    overrides = {key: value.replace("{root}", str(out.parent)) for key, value in inputs.items()}
-    if args.preset == "cpu":
-        overrides.update(cpu_settings)
+def runs(args) -> list[tuple[str, str, dict]]:
+    """(folder, module, typed overrides) of every run --only selects, in run order."""
+    selected = None if args.only is None else set(args.only.split(","))
+    out = []
+    for name, inputs, cpu_settings in EXPERIMENTS:
+        overrides = {
+            key: value.replace("{root}", str(Path(args.out))) for key, value in inputs.items()
+        }
+        overrides.update(FIXED.get(name, {}))
+        if args.preset == "cpu":
+            overrides.update(cpu_settings)
+        if selected is None or name in selected:
+            out.append((name, name, overrides))
+        for folder, settings in VARIANTS.get(name, []):
+            if selected is None or name in selected or folder in selected:
+                out.append((folder, name, dict(settings.get(args.preset, {}))))
+    return out
+
+
+def _run_one(module_name: str, overrides: dict, out: Path, args) -> dict:
+    module = importlib.import_module(f"experiments.{module_name}")
     module.main(
         common.configure(
             module,
@@ -88,14 +139,10 @@ def main(args) -> dict:
     store = ResultStore(root)
     # --only picks what runs now, not what the folder holds: a later run may add the rest.
     store.write_config({k: v for k, v in common.settings(args).items() if k != "only"})
-    selected = (
-        EXPERIMENTS
-        if args.only is None
-        else [e for e in EXPERIMENTS if e[0] in args.only.split(",")]
-    )
+    selected = runs(args)
     status = {}
     bar = tqdm(selected, desc="reproduce", unit="experiment", disable=not args.progress)
-    for name, inputs, cpu_settings in bar:
+    for name, module_name, overrides in bar:
         bar.set_postfix_str(name)
         out = root / name
         if (out / DONE).exists():
@@ -103,7 +150,7 @@ def main(args) -> dict:
             continue
         start = time.perf_counter()
         try:
-            _run_one(name, inputs, cpu_settings, out, args)
+            _run_one(module_name, overrides, out, args)
             # The marker is written only once main() returned, figures included: an experiment
             # interrupted after its summary.json is run again (and resumes from its own files).
             (out / DONE).write_text(f"{time.perf_counter() - start:.1f} s\n")
