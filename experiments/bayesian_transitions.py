@@ -50,7 +50,24 @@ between 5- and 6-gons freely during warmup (we record the number of switches per
 this), so a balanced start does not decide the answer, and it removes the bias of never finding the
 6-gon. ``--init prior`` is available to measure the difference.
 
-Tree depth. The posterior is invariant under the O(2) rotation of all columns, a ring of radius
+Default sampler: replica exchange, because it mixes at every n and was the cheapest at equal
+error (benchmarks/bayes_sweep.py, dataset seed 9, 2 CPU cores at load average 2.3-4.3). Seconds
+for a standard error of 0.01 on the 6-gon occupancy, each sampler's error from the spread of its
+independent chains or runs: 14 s vs 26 s for tempered SMC at n = 600, 9.6 s vs 109 s at
+n = 1000. Its occupancies match SMC's (6-gon, 64 chains vs 4 × 1000 particles: 0.067 / 0.060 at
+n = 300, 0.784 / 0.772 at 600, 0.809 / 0.808 at 1000, 1.000 / 1.000 at 2000; |z| ≤ 1.6 for
+6, 5⁺ and 5), where NUTS reads 0.886 ± 0.040 at 600 (z = +2.7 against SMC) and 0.48 ± 0.19 at
+2000, 9 of its 12 chains never changing phase. The CPU preset's ladder has 6 copies
+(swap acceptance ≥ 0.33 up to n = 800), the paper preset's 8 (≥ 0.35 up to n = 2000); 4 leapfrog
+steps per move cost 24 or 32 gradients per draw, against NUTS's ~30 at depth cap 5.
+
+c = 5 and c = 4. Only the 5-gon has a closed-form λ at c ≤ 5 (4-gons are not minimally singular,
+docs/paper_numbers.md §4), so the theory curves hold one phase (c = 5) or none (c = 4) unless
+``--llc-estimates`` supplies λ̂ for 4-gons; the chains start near, and the summary reports, the
+three lowest-loss catalogue phases (5, 4⁺, 4 at c = 5; 4, 4⁻, 4⁻⁻ at c = 4) and every empirical
+crossing among them (c = 5, dataset seed 0: 4 → 5 at n ≈ 109).
+
+NUTS tree depth. The posterior is invariant under the O(2) rotation of all columns, a ring of radius
 ‖W‖ ≈ 3 that NUTS trajectories keep travelling around (depth 6–7 unconstrained). Occupancies are
 rotation-invariant, so we cap the tree depth (``--max-doublings``, 5 = 31 leapfrog steps by default
 on CPU): still an exact MCMC kernel, a several-fold saving, at the cost of slower mixing along a

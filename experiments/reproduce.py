@@ -1,7 +1,8 @@
 """The main job: every experiment at CPU scale, and one report with every figure and key number.
 
 Runs, in order, the critical-point catalogue, SGD plateaus and the developmental animation, λ̂ at
-critical points and along training, the Bayesian phase transitions, and the transition detectors;
+critical points and along training, the Bayesian phase transitions (c = 6, then the paper's c = 5
+and c = 4 sweeps over n = 100..600 in folders of their own), and the transition detectors;
 then writes ``DIR/report.md`` with each figure and the key numbers next to the paper's, and
 ``DIR/summary.json`` with the same numbers for programs.
 
@@ -29,7 +30,8 @@ from tmsjax.results import ResultStore, to_jsonable
 # (name, settings read from other experiments' folders, settings at the cpu preset) in run order:
 # λ̂ along training reuses the SGD ensemble, and the animation reuses both. At CPU scale the Bayesian
 # sweep uses fewer n and draws than its own cpu preset so the whole reproduction fits in 15 minutes
-# on 2 cores. Values are typed, as ``args`` holds them; "{root}" is the --out folder.
+# on 2 cores (c = 6, 5 and 4: 89, 68 and 59 s at load average 4-5, 17, 12 and 12 of them
+# sampling). Values are typed, as ``args`` holds them; "{root}" is the --out folder.
 EXPERIMENTS = [
     ("critical_points", {}, {}),
     ("sgd_plateaus", {}, {}),
