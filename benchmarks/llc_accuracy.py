@@ -477,9 +477,7 @@ def timed_estimate(case: Case, settings: LLCSettings, key):
     _listen_for_compiles()
     _COMPILE_SECONDS.clear()
     start = time.perf_counter()
-    result = estimate_llc(
-        key, case.loss_fn, case.center, case.data, settings, on_failure="return"
-    )
+    result = estimate_llc(key, case.loss_fn, case.center, case.data, settings, on_failure="return")
     result = jax.block_until_ready(result)
     total = time.perf_counter() - start
     compile_s = min(sum(_COMPILE_SECONDS), total)

@@ -4,8 +4,14 @@ import jax.numpy as jnp
 import optax
 from sklearn.datasets import load_digits
 
-from tmsjax.llc import MALA, LLCSettings, calibrate, grid_verdicts, llc_along_training
-from tmsjax.llc.checkpoints import stack_checkpoints
+from tmsjax.llc import (
+    MALA,
+    LLCSettings,
+    calibrate,
+    grid_verdicts,
+    llc_along_training,
+    stack_checkpoints,
+)
 
 x, y = load_digits(return_X_y=True)  # 1797 8×8 images, bundled with scikit-learn: no download
 data = (jnp.asarray(x / 16, jnp.float32), jnp.asarray(y))  # your data

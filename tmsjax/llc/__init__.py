@@ -50,6 +50,7 @@ from tmsjax.llc.api import (
     llc_grid,
 )
 from tmsjax.llc.calibrate import Calibration, CalibrationError, calibrate, stable_region
+from tmsjax.llc.checkpoints import stack_checkpoints
 from tmsjax.llc.core import LLCResult, default_minibatch, default_nbeta, num_data_of, sample_llc
 from tmsjax.llc.health import (
     DRIFT_RELATIVE,
@@ -105,6 +106,7 @@ __all__ = [
     "problem_counts",
     "sample_llc",
     "stable_region",
+    "stack_checkpoints",
     "summarize",
     "usable",
     "usable_chains",

@@ -218,7 +218,7 @@ class Calibration(NamedTuple):
                 label = f"reference {reference:.4g}"
                 axis.axhline(reference, color="k", ls="--", lw=1, label=label)
             axis.set_xscale("log")
-            axis.set_xlabel("SGLD step size ε")
+            axis.set_xlabel(f"{type(self.settings.sampler).__name__} step size ε")
             axis.set_title(f"nβ = {grid.nbetas[m]:.4g} (filled: stable)")
             axis.legend(fontsize=8)
         axes[0][0].set_ylabel(r"$\hat\lambda$")
