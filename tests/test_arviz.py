@@ -23,6 +23,7 @@ from tmsjax.llc import LLCGrid, LLCSettings, estimate_llc, llc_along_training  #
 from tmsjax.sampling import diagnostics  # noqa: E402
 from tmsjax.sampling.nuts import make_nuts_sweep  # noqa: E402
 from tmsjax.sampling.smc import make_smc_sweep  # noqa: E402
+from tmsjax.sampling.tempering import geometric_ladder, make_tempering_sweep  # noqa: E402
 
 SIZES = [100, 400]  # the targets: Gaussian posteriors of width 1/sqrt(n)
 NUM_CHAINS = 4
@@ -267,3 +268,31 @@ def test_tmsjax_imports_without_arviz_and_the_export_names_the_extra():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "pip install tmsjax[arviz]" in out.stdout
+
+
+def test_tempering_draws_per_target_and_ladder_stats():
+    def logprior(w):
+        return -0.5 * jnp.sum(w**2)
+
+    def loglikelihood(w, mean):
+        return -0.5 * jnp.sum((w - mean) ** 2)
+
+    sweep = make_tempering_sweep(logprior, loglikelihood, num_warmup=20, num_samples=30)
+    means = jnp.repeat(jnp.array([[0.0, 0.0], [1.0, -1.0]]), 3, axis=0)  # 2 targets × 3 chains
+    betas = jnp.broadcast_to(geometric_ladder(0.3, 3), (6, 3))
+    start = jax.random.normal(jax.random.key(0), (6, 3, 2))
+    result = sweep(jax.random.split(jax.random.key(1), 6), start, means, betas)
+    idata = tmsaz.to_inference_data(result, grid={"target": [0, 1]})
+    assert idata.posterior["position"].dims[:3] == ("chain", "draw", "target")
+    assert idata.posterior["position"].shape[:3] == (3, 30, 2)
+    # chain j of target t is grid element t·3 + j (target-major, as the sweeps lay it out)
+    np.testing.assert_array_equal(
+        idata.posterior["position"].sel(target=1).values[2], np.asarray(result.positions[5])
+    )
+    np.testing.assert_array_equal(
+        idata.sample_stats["loglikelihood"].sel(target=0).values[1],
+        np.asarray(result.loglikelihood[1]),
+    )
+    trips = idata.sample_stats["num_round_trips"].sel(target=1).values
+    assert np.all(trips[:, 0, None] == trips)  # a chain constant, repeated over draws
+    assert int(trips[0, 0]) == int(result.num_round_trips[3])

@@ -43,6 +43,7 @@ from tmsjax.llc.api import LLCGrid
 from tmsjax.llc.core import LLCResult
 from tmsjax.sampling.nuts import SweepResult
 from tmsjax.sampling.smc import SMCResult
+from tmsjax.sampling.tempering import TemperingResult
 from tmsjax.types import PyTree
 
 try:
@@ -215,17 +216,56 @@ def llc_to_inference_data(
     )
 
 
+def tempering_to_inference_data(result: TemperingResult, *, grid: Grid = None) -> az.InferenceData:
+    """A replica-exchange sweep's β = 1 draws as ArviZ ``InferenceData``.
+
+    Args:
+      result: the sweep's output (:func:`tmsjax.sampling.tempering.make_tempering_sweep`); leaves
+        (grid, num_samples, ...).
+      grid: as in :func:`sweep_to_inference_data`.
+
+    Returns:
+      InferenceData with ``posterior`` (one variable per position leaf, dims ``(chain, draw,
+      *grid, ...)``) and ``sample_stats``: ``loglikelihood`` per draw, and per chain, repeated at
+      every draw as ArviZ keeps chain constants, ``num_round_trips`` and the bottleneck
+      ``min_swap_acceptance`` of the ladder.
+    """
+    grid = _check_grid(grid)
+    num_grid = _grid_size("result.positions", result.positions)
+    num_chains = _chains_per_target(num_grid, grid)
+
+    def per_draw(leaf):
+        return _unflatten_grid(leaf, grid, num_chains, num_sample_axes=2)
+
+    draws = np.shape(result.loglikelihood)
+    posterior = {name: per_draw(leaf) for name, leaf in _named_leaves(result.positions)}
+    per_chain = {
+        "num_round_trips": np.asarray(result.num_round_trips),
+        "min_swap_acceptance": np.min(np.asarray(result.swap_acceptance), axis=-1),
+    }
+    stats = {"loglikelihood": per_draw(result.loglikelihood)} | {
+        name: per_draw(np.broadcast_to(value[:, None], draws)) for name, value in per_chain.items()
+    }
+    return az.InferenceData(
+        posterior=_dataset(posterior, grid, ("chain", "draw")),
+        sample_stats=_dataset(stats, grid, ("chain", "draw")),
+    )
+
+
 def to_inference_data(result, **kwargs) -> az.InferenceData:
     """Any tmsjax result as ArviZ ``InferenceData``, by its type.
 
     An :class:`~tmsjax.llc.LLCGrid` gets its own coordinates: ``step_size``, ``localization``,
     ``nbeta``. `kwargs` go to the function for the type: :func:`sweep_to_inference_data`,
-    :func:`smc_to_inference_data` or :func:`llc_to_inference_data`.
+    :func:`smc_to_inference_data`, :func:`tempering_to_inference_data` or
+    :func:`llc_to_inference_data`.
     """
     if isinstance(result, SweepResult):
         return sweep_to_inference_data(result, **kwargs)
     if isinstance(result, SMCResult):
         return smc_to_inference_data(result, **kwargs)
+    if isinstance(result, TemperingResult):
+        return tempering_to_inference_data(result, **kwargs)
     if isinstance(result, LLCResult):
         return llc_to_inference_data(result, **kwargs)
     if isinstance(result, LLCGrid):
@@ -236,7 +276,7 @@ def to_inference_data(result, **kwargs) -> az.InferenceData:
         }
         return llc_to_inference_data(result.result, grid=grid, **kwargs)
     raise TypeError(
-        "to_inference_data takes a SweepResult, SMCResult, LLCResult or LLCGrid, "
+        "to_inference_data takes a SweepResult, SMCResult, TemperingResult, LLCResult or LLCGrid, "
         f"got {type(result).__name__}"
     )
 
@@ -339,5 +379,6 @@ __all__ = [
     "llc_to_inference_data",
     "smc_to_inference_data",
     "sweep_to_inference_data",
+    "tempering_to_inference_data",
     "to_inference_data",
 ]
