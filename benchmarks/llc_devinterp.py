@@ -13,13 +13,15 @@ Workloads (Chen et al.'s protocol: n = 1000 full batch, ε = 1e-3, γ = 1, nβ =
 devinterp is an optional extra (``pip install -e .[devinterp]``: devinterp==1.3.2,
 torch==2.13.0), never a core dependency; without it the baseline columns read "unavailable".
 
-Typical result (CPU, 2 cores shared with other jobs at load ~2, so noisy; `--quick`, jax 0.10.2):
-  workload                               tmsjax_s  baseline                        baseline_s  ratio
-  single 6-gon estimate (n=1000, 4x500)  0.0405    devinterp 1.3.2                 7.19        178
-  along training 8 runs x 50 ckpts       11.78     devinterp 1.3.2 (extrapolated)  2876        244
-  compile_s: 2.3 (single), 2.8 (along); λ̂ at the 6-gon: tmsjax 6.81 ± 0.22, devinterp 7.67
-  (same settings, different random streams and a 500-step chain with no burn-in: both sit below
-  the exact 8.5).
+Typical result (CPU, 2 cores, machine otherwise idle, full run, jax 0.10.2, devinterp 1.3.2 with
+torch 2.13.0 on both cores):
+  workload                                      tmsjax_s  baseline                        baseline_s  ratio
+  single 6-gon estimate (n=1000, 4x500)         0.086     devinterp 1.3.2                 9.43        109
+  along training 8 runs x 50 ckpts (row loss)   18.9      devinterp 1.3.2 (extrapolated)  3771        200
+  along training, sufficient-statistics loss    2.59      devinterp 1.3.2 (extrapolated)  3771        1457
+  λ̂ at the 6-gon: tmsjax 6.81 ± 0.22, devinterp 7.62 (same settings, different random streams, a
+  500-step chain with no burn-in: both below the exact 8.5). devinterp's best single estimate
+  varies 7.3–9.4 s between runs (1130–1460x for the statistics path).
 """
 
 import math
@@ -124,16 +126,18 @@ def run(quick: bool = False) -> list[dict]:
         *centres,
     )
 
-    def along(key, loss_fn=losses.row_loss, data=dataset):
-        return llc.llc_along_training(key, loss_fn, params, data, settings)
+    def along(key, loss_fn=losses.row_loss, data=dataset, cell_batch=llc.DEFAULT_CELL_BATCH):
+        return llc.llc_along_training(key, loss_fn, params, data, settings, cell_batch=cell_batch)
 
     along_first, along_steady = time_jax(along, jax.random.key(3), repeat=1 if quick else 3)
     # The same 400 estimates from the exact sufficient statistics of the one-hot data (the TMS
-    # wing's full-batch option): the same losses to float rounding, O(c n) compares instead of
-    # O(n c r) multiply-adds per gradient.
+    # wing's full-batch option): the same losses to float rounding, O(c²) work per gradient
+    # instead of O(n c r). Its per-cell state is small, so all 400 cells run as one program
+    # (cell_batch=None: 2.55 s against 4.2 s in groups of 8 on 2 idle cores; the row loss is the
+    # other way round, 19 s in groups of 8 against 28-33 s all at once).
     stats = jax.tree.map(lambda a: a[0], sparse_limit_stats(np.asarray(x), [NUM_DATA]))
     stats_first, stats_steady = time_jax(
-        along, jax.random.key(3), losses.stats_loss, stats, repeat=1 if quick else 3
+        along, jax.random.key(3), losses.stats_loss, stats, None, repeat=1 if quick else 3
     )
     stats_difference = float(
         np.max(
