@@ -15,10 +15,10 @@ torch==2.13.0), never a core dependency; without it the baseline columns read "u
 
 Typical result (CPU, 2 cores, machine otherwise idle, full run, jax 0.10.2, devinterp 1.3.2 with
 torch 2.13.0 on both cores):
-  workload                                      tmsjax_s  baseline                        baseline_s  ratio
-  single 6-gon estimate (n=1000, 4x500)         0.086     devinterp 1.3.2                 9.43        109
-  along training 8 runs x 50 ckpts (row loss)   18.9      devinterp 1.3.2 (extrapolated)  3771        200
-  along training, sufficient-statistics loss    2.59      devinterp 1.3.2 (extrapolated)  3771        1457
+  workload                                     tmsjax_s  baseline                  baseline_s  ratio
+  single 6-gon estimate (n=1000, 4x500)        0.086     devinterp 1.3.2           9.43        109
+  along training 8 runs x 50 ckpts (row loss)  18.9      devinterp (extrapolated)  3771        200
+  along training, sufficient-statistics loss   2.59      devinterp (extrapolated)  3771        1457
   λ̂ at the 6-gon: tmsjax 6.81 ± 0.22, devinterp 7.62 (same settings, different random streams, a
   500-step chain with no burn-in: both below the exact 8.5). devinterp's best single estimate
   varies 7.3–9.4 s between runs (1130–1460x for the statistics path).
