@@ -131,7 +131,7 @@ def _bayesian_transitions(summary):
     ]
     rows.append(
         (
-            "n_c 5 → 6 (NUTS, empirical)",
+            "n_c 5 → 6 (sampled posterior, empirical)",
             empirical.get("5->6"),
             "600–700",
             "paper's NUTS curves cross between 600 and 700",
@@ -140,7 +140,7 @@ def _bayesian_transitions(summary):
     rows.append(("n_c 5⁺ → 6 (theory)", theory.get("5+->6"), None, "paper: ≈ 202"))
     diagnostics = summary.get("diagnostics", {})
     if "total_divergent" in diagnostics:
-        rows.append(("NUTS divergences (all n)", diagnostics["total_divergent"], None, ""))
+        rows.append(("divergent transitions (all n)", diagnostics["total_divergent"], None, ""))
     if "crossing_note" in summary:
         rows.append(("note", summary["crossing_note"], None, ""))
     return rows
