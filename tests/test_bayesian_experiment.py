@@ -8,7 +8,9 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("sampler", [None, "nuts"])
+# The NUTS path's kernel is tested in test_nuts.py; its end-to-end smoke run (~30 s) is slow-only to
+# keep CI inside its budget.
+@pytest.mark.parametrize("sampler", [None, pytest.param("nuts", marks=pytest.mark.slow)])
 def test_bayesian_transitions_smoke(tmp_path, sampler):
     extra = [] if sampler is None else ["--sampler", sampler]
     subprocess.run(
