@@ -538,3 +538,21 @@ def test_a_loss_that_does_not_fit_the_model_fails_at_once_with_a_message(key):
         llc.estimate_llc(key, loss_fn, {"w": jnp.ones(3)}, x, settings, on_failure="ignore")
     with pytest.raises(ValueError, match=r"loss_fn\(params, data\) fails"):
         llc.llc_along_training(key, loss_fn, {"v": jnp.ones((2, 3, 3))}, x, settings)
+
+
+def test_the_loss_is_checked_on_what_the_sampler_feeds_it(key):
+    # In minibatch mode the loss sees the full data (for L_n(w*)) and the minibatches: a
+    # minibatch_fn that hands it the wrong shapes fails at once, before any compilation.
+    x = jax.random.normal(key, (200, 3))
+
+    def loss_fn(w, batch):
+        return jnp.mean((batch @ w) ** 2)
+
+    def bad_minibatch(key, data, batch_size):
+        return data[:batch_size, :2]
+
+    settings = LLCSettings(step_size=1e-4, num_chains=2, num_steps=20, batch_size=32, nbeta=50.0)
+    with pytest.raises(ValueError, match="fails on the center and data"):
+        llc.estimate_llc(key, loss_fn, jnp.zeros(3), x, settings, minibatch_fn=bad_minibatch)
+    result = llc.estimate_llc(key, loss_fn, jnp.zeros(3), x, settings, on_failure="return")
+    assert np.isfinite(float(result.llc))

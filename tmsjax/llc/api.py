@@ -22,7 +22,14 @@ import numpy as np
 
 from tmsjax import sharding
 from tmsjax.checks import check_finite, check_positive_int
-from tmsjax.llc.core import LLCResult, LossFn, default_nbeta, num_data_of, sample_llc
+from tmsjax.llc.core import (
+    LLCResult,
+    LossFn,
+    default_minibatch,
+    default_nbeta,
+    num_data_of,
+    sample_llc,
+)
 from tmsjax.llc.health import usable, verdict
 from tmsjax.llc.partition import partition_model
 from tmsjax.llc.settings import LLCSettings
@@ -57,12 +64,29 @@ def _sampled(model: PyTree, loss_fn: LossFn, name: str):
     return arrays, loss
 
 
-def _check_loss(loss: LossFn, arrays: PyTree, data: Any, name: str) -> None:
-    """Traces the loss once on the model and data (no compilation), so that a model of the wrong
-    structure or shapes, or a loss that is not a scalar, fails here with a message that says so
-    instead of deep inside the sampler."""
+def _check_loss(
+    loss: LossFn,
+    arrays: PyTree,
+    data: Any,
+    name: str,
+    batch_size: int | None = None,
+    minibatch_fn: Callable | None = None,
+) -> None:
+    """Traces the loss once on the model and what the sampler will give it (the data, and a
+    minibatch of it in minibatch mode), without compiling, so that a model of the wrong structure
+    or shapes, or a loss that is not a scalar, fails here with a message that says so instead of
+    deep inside the sampler."""
+
+    def evaluate(arrays):
+        value = loss(arrays, data)  # L_n(w*) is always taken on the full data
+        if batch_size is not None:
+            draw = default_minibatch if minibatch_fn is None else minibatch_fn
+            batch_value = loss(arrays, draw(jax.random.key(0), data, batch_size))
+            value = jnp.asarray(value) + jnp.zeros_like(batch_value)  # both must be scalars
+        return value
+
     try:
-        value = jax.eval_shape(loss, arrays, data)
+        value = jax.eval_shape(evaluate, arrays)
     except Exception as error:  # any tracing error: the user's loss does not fit this model/data
         raise ValueError(
             f"loss_fn({name}, data) fails on the {name} and data given "
@@ -202,7 +226,7 @@ def estimate_llc(
     if on_failure not in ("raise", "return"):
         raise ValueError(f"on_failure must be 'raise' or 'return', got {on_failure!r}")
     arrays, loss = _sampled(center, loss_fn, "center")
-    _check_loss(loss, arrays, data, "center")
+    _check_loss(loss, arrays, data, "center", settings.batch_size, minibatch_fn)
     nbeta = _resolve_nbeta(settings.nbeta, num_data, data)
     if nbeta.ndim != 0:
         raise ValueError(f"num_data must be a scalar here, got shape {nbeta.shape}")
@@ -315,7 +339,7 @@ def llc_grid(
     """
     _check_common(loss_fn, settings, data)
     arrays, loss = _sampled(center, loss_fn, "center")
-    _check_loss(loss, arrays, data, "center")
+    _check_loss(loss, arrays, data, "center", settings.batch_size, minibatch_fn)
     step_sizes = settings.step_size if step_sizes is None else step_sizes
     localizations = settings.localization if localizations is None else localizations
     step_sizes = np.atleast_1d(_check_positive_values("step_sizes", step_sizes))
@@ -444,7 +468,8 @@ def llc_along_training(
     if any(jnp.shape(leaf)[:2] != (num_runs, num_checkpoints) for leaf in leaves):
         raise ValueError("params' arrays must share the leading axes (num_runs, num_checkpoints)")
     first_data = jax.tree.map(lambda x: x[0], data) if data_per_run else data
-    _check_loss(loss, jax.tree.map(lambda x: x[0, 0], arrays), first_data, "params")
+    first = jax.tree.map(lambda x: x[0, 0], arrays)
+    _check_loss(loss, first, first_data, "params", settings.batch_size, minibatch_fn)
     if data_per_run:
         data_leaves = jax.tree.leaves(data)
         if not data_leaves or any(jnp.shape(x)[0] != num_runs for x in data_leaves):

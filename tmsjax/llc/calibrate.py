@@ -484,7 +484,7 @@ def calibrate(
             f"(4-8 recommended), got {settings.num_chains}"
         )
     arrays, loss = _sampled(center, loss_fn, "center")
-    _check_loss(loss, arrays, data, "center")
+    _check_loss(loss, arrays, data, "center", settings.batch_size, minibatch_fn)
     reference_nbeta = None
     if nbetas is None:
         nbetas = _resolve_nbeta(settings.nbeta, num_data, data)
