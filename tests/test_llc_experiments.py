@@ -32,6 +32,14 @@ def trajectories_smoke(tmp_path_factory, sgd_smoke):
     return out
 
 
+def test_sgd_plateaus_smoke_writes_its_summary_and_figures(sgd_smoke):
+    summary = json.loads((sgd_smoke / "summary.json").read_text())
+    assert summary["num_runs"] == 6
+    assert {"transition_counts", "plateaus_by_level"} <= set(summary)
+    for name in ("config.json", "trajectory.npz", "loss_curves.png", "transition_graph.png"):
+        assert (sgd_smoke / name).exists(), name
+
+
 def test_llc_trajectories_from_sgd_plateaus(trajectories_smoke):
     summary = json.loads((trajectories_smoke / "summary.json").read_text())
     assert {

@@ -143,6 +143,7 @@ def test_rejects_bad_arguments(call, name):
         call()
 
 
+@pytest.mark.slow  # the fast suite runs both in-process: tests/test_llc_experiments.py
 def test_experiments_smoke(tmp_path):
     """sgd_plateaus then developmental_stages (reading its output) in a subprocess, as a user runs
     them."""
