@@ -442,7 +442,7 @@ def run_sweep(settings: dict, store: ResultStore, progress: bool = True) -> None
             if settings["sampler"] == "tempering":
                 save_tempering_size(store, n, part, c, seconds / len(sizes_block))
             else:
-                save_size(store, n, part, c, seconds / len(sizes_block), init_labels)
+                save_size(store, n, part, c, seconds / len(sizes_block))
             bar.update(1)
     bar.close()
 
@@ -530,21 +530,32 @@ def run_smc_sweep(settings: dict, store: ResultStore, todo: list, progress: bool
     bar.close()
 
 
-def save_tempering_size(store: ResultStore, n: int, part, c: int, seconds: float) -> None:
-    """The β = 1 draws of every chain of one n, classified, with the ladder's diagnostics."""
-    W, b = np.asarray(part.positions.W), np.asarray(part.positions.b)
+def _draw_arrays(positions, initial, c: int) -> dict:
+    """What every sampler saves of one n's draws: phase ids of each draw and each start, 50 draws
+    per chain for the t-SNE, and the ESS of the positions (zeros below 4 draws)."""
+    W, b = np.asarray(positions.W), np.asarray(positions.b)
     num_chains, num_draws = W.shape[:2]
     classes = classify_batch(W.reshape(-1, 2, c), b.reshape(-1, c), max_distance=math.inf)
-    ids = np.asarray(classes.ids).reshape(num_chains, num_draws)
-    start = jax.tree.map(lambda a: np.asarray(a)[:, 0], part.initial_positions)
-    init_ids = np.asarray(classify_batch(start.W, start.b, max_distance=math.inf).ids)
-    thin = max(1, num_draws // 50)  # 50 draws per chain kept for the t-SNE
-    store.save_arrays(
-        f"n_{n:05d}",
-        ids=ids,
-        init_ids=init_ids,
+    init = classify_batch(np.asarray(initial.W), np.asarray(initial.b), max_distance=math.inf)
+    thin = max(1, num_draws // 50)
+    flat = np.concatenate([W.reshape(num_chains, num_draws, -1), b], axis=-1)
+    return dict(
+        ids=np.asarray(classes.ids).reshape(num_chains, num_draws),
+        init_ids=np.asarray(init.ids),
         W=W[:, ::thin],
         b=b[:, ::thin],
+        positions_ess=diagnostics.effective_sample_size(flat)
+        if num_draws >= 4
+        else np.zeros(3 * c),
+    )
+
+
+def save_tempering_size(store: ResultStore, n: int, part, c: int, seconds: float) -> None:
+    """The β = 1 draws of every chain of one n, classified, with the ladder's diagnostics."""
+    start = jax.tree.map(lambda a: np.asarray(a)[:, 0], part.initial_positions)  # the β = 1 copy
+    store.save_arrays(
+        f"n_{n:05d}",
+        **_draw_arrays(part.positions, start, c),
         loglikelihood=np.asarray(part.loglikelihood),
         betas=np.asarray(part.betas),
         step_size=np.asarray(part.step_size),
@@ -553,33 +564,13 @@ def save_tempering_size(store: ResultStore, n: int, part, c: int, seconds: float
         num_round_trips=np.asarray(part.num_round_trips),
         num_divergent=np.asarray(part.num_divergent),
         seconds=np.asarray(seconds),
-        positions_ess=diagnostics.effective_sample_size(
-            np.concatenate([W.reshape(num_chains, num_draws, -1), b], axis=-1)
-        )
-        if num_draws >= 4
-        else np.zeros(3 * c),
     )
 
 
-def save_size(store: ResultStore, n: int, part, c: int, seconds: float, init_labels) -> None:
-    W, b = np.asarray(part.positions.W), np.asarray(part.positions.b)
-    num_chains, num_draws = W.shape[:2]
-    classes = classify_batch(W.reshape(-1, 2, c), b.reshape(-1, c), max_distance=math.inf)
-    ids = np.asarray(classes.ids).reshape(num_chains, num_draws)
-    init_ids = np.asarray(
-        classify_batch(
-            np.asarray(part.initial_positions.W),
-            np.asarray(part.initial_positions.b),
-            max_distance=math.inf,
-        ).ids
-    )
-    thin = max(1, num_draws // 50)  # 50 draws per chain kept for the t-SNE
+def save_size(store: ResultStore, n: int, part, c: int, seconds: float) -> None:
     store.save_arrays(
         f"n_{n:05d}",
-        ids=ids,
-        init_ids=init_ids,
-        W=W[:, ::thin],
-        b=b[:, ::thin],
+        **_draw_arrays(part.positions, part.initial_positions, c),
         is_divergent=np.asarray(part.info.is_divergent),
         tree_depth=np.asarray(part.info.tree_depth),
         num_integration_steps=np.asarray(part.info.num_integration_steps),
@@ -588,11 +579,6 @@ def save_size(store: ResultStore, n: int, part, c: int, seconds: float, init_lab
         step_size=np.asarray(part.step_size),
         warmup_divergences=np.asarray(part.warmup_divergences),
         seconds=np.asarray(seconds),
-        positions_ess=diagnostics.effective_sample_size(
-            np.concatenate([W.reshape(num_chains, num_draws, -1), b], axis=-1)
-        )
-        if num_draws >= 4
-        else np.zeros(3 * c),
     )
 
 
