@@ -146,6 +146,18 @@ def _bayesian_transitions(summary):
     return rows
 
 
+def _bayesian_small_c(summary):
+    """The c = 5 and c = 4 sweeps (paper Fig. 5): every sampled crossing among the lowest phases."""
+    c = summary["num_features"]
+    rows = [
+        (f"c = {c}: n_c {edge.replace('->', ' → ')} (sampled posterior)", value, None, "")
+        for edge, value in sorted(summary.get("empirical_crossings", {}).items())
+    ]
+    if not rows:
+        rows.append((f"c = {c}: sampled crossings", "none in the sizes run", None, ""))
+    return rows
+
+
 def _detect_transitions(summary):
     rows = []
     tolerance = summary.get("reference_tolerance_decades")
@@ -173,6 +185,8 @@ EXTRACTORS = {
     "llc_critical_points": _llc_critical_points,
     "llc_trajectories": _llc_trajectories,
     "bayesian_transitions": _bayesian_transitions,
+    "bayesian_transitions_c5": _bayesian_small_c,
+    "bayesian_transitions_c4": _bayesian_small_c,
     "detect_transitions": _detect_transitions,
 }
 

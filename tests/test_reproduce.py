@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from experiments import common
+from experiments import common, report
 from experiments.reproduce import EXPERIMENTS
 
 
@@ -80,3 +80,15 @@ def test_unknown_experiment_name_is_an_error(tmp_path):
         text=True,
     )
     assert result.returncode != 0 and "sgd_plateau" in result.stderr
+
+
+def test_report_reads_small_c_sweeps():
+    rows = report.key_numbers(
+        {
+            "bayesian_transitions_c5": {"num_features": 5, "empirical_crossings": {"4->5": 109.4}},
+            "bayesian_transitions_c4": {"num_features": 4, "empirical_crossings": {}},
+        }
+    )
+    by_quantity = {row["quantity"]: row["tmsjax"] for row in rows}
+    assert by_quantity["c = 5: n_c 4 → 5 (sampled posterior)"] == 109.4
+    assert by_quantity["c = 4: sampled crossings"] == "none in the sizes run"
