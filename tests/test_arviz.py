@@ -83,6 +83,7 @@ def test_sweep_sample_stats_use_arviz_names(sweep_result):
         "tree_depth",
         "n_steps",
         "lp",
+        "energy",
         "step_size",
     }
     assert stats["diverging"].dtype == bool
@@ -97,6 +98,9 @@ def test_sweep_sample_stats_use_arviz_names(sweep_result):
     np.testing.assert_array_equal(stats["diverging"].values, per_target(info.is_divergent))
     step = np.asarray(sweep_result.step_size).reshape(len(SIZES), NUM_CHAINS).T
     np.testing.assert_array_equal(stats["step_size"].values[:, 7], step)
+    # The Hamiltonian is the potential −log p plus a kinetic energy that is never negative.
+    assert np.all(stats["energy"].values + stats["lp"].values >= -1e-4)
+    assert np.all(np.isfinite(az.bfmi(stats["energy"].values[..., 0])))
 
 
 def test_arviz_ess_and_rhat_agree_with_tmsjax(sweep_result):

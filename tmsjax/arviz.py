@@ -56,8 +56,6 @@ except ImportError as error:  # an optional dependency: say how to get it
 Grid = Mapping[str, Sequence] | None
 
 #: ArviZ's sample_stats names (its schema, as PyMC and NumPyro write them) → DrawInfo's fields.
-#: ``energy`` is exported once DrawInfo records it; until then az.plot_energy and az.bfmi have
-#: nothing to read.
 SAMPLE_STATS = {
     "acceptance_rate": "acceptance_rate",
     "diverging": "is_divergent",

@@ -50,6 +50,7 @@ class DrawInfo(NamedTuple):
     num_integration_steps: Int[Array, "..."]  # leapfrog steps = gradient evaluations
     acceptance_rate: Float[Array, "..."]
     logdensity: Float[Array, "..."]
+    energy: Float[Array, "..."]  # Hamiltonian at the draw: ArviZ's E-BFMI and energy plot
 
 
 class SweepResult(NamedTuple):
@@ -80,6 +81,7 @@ def _draw_info(state, info, integration_steps) -> DrawInfo:
         num_integration_steps=jnp.asarray(integration_steps, jnp.int32),
         acceptance_rate=info.acceptance_rate,
         logdensity=state.logdensity,
+        energy=info.energy,
     )
 
 
