@@ -161,3 +161,18 @@ def test_pelt_matches_ruptures_l2_pelt():
         reference = ruptures.Pelt(model="l2", min_size=3, jump=1).fit(signal).predict(pen=pen)
         fast = ruptures.KernelCPD(kernel="linear", min_size=3).fit(signal).predict(pen=pen)
         assert [int(b) for b in fast] == reference
+
+
+def test_penalty_path_equals_one_penalty_at_a_time():
+    rng = np.random.default_rng(2)
+    series = _sigmoid(1.5) + _sigmoid(3.0, 0.05) + 0.05 * rng.normal(size=U.size)
+    both = np.stack([series, _sigmoid(2.2) + 0.05 * rng.normal(size=U.size)], axis=1)
+    for values in (series, both):
+        path = changepoints.detect_changepoints_penalties(
+            STEPS, values, (1.0, 4.0, 64.0), window=(10, 1e4)
+        )
+        for penalty, found in zip((1.0, 4.0, 64.0), path):
+            alone = changepoints.detect_changepoints(
+                STEPS, values, penalty=penalty, window=(10, 1e4)
+            )
+            np.testing.assert_array_equal(found.steps, alone.steps)

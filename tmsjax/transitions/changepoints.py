@@ -230,12 +230,50 @@ def detect_changepoints(
     Raises:
       ValueError: naming the bad argument.
     """
+    return detect_changepoints_penalties(
+        steps,
+        values,
+        (penalty,),
+        method=method,
+        signal=signal,
+        window=window,
+        num_points=num_points,
+        smoothing=smoothing,
+        min_size=min_size,
+        min_separation=min_separation,
+    )[0]
+
+
+def detect_changepoints_penalties(
+    steps,
+    values,
+    penalties,
+    *,
+    method: str = "pelt",
+    signal: str = "rate",
+    window=None,
+    num_points: int = 128,
+    smoothing: float = 0.03,
+    min_size: int = 3,
+    min_separation: float = 0.1,
+) -> list[Detection]:
+    r""":func:`detect_changepoints` at several penalties κ at once (one smoothing, one fit): what
+    a hyperparameter search over κ needs.
+
+    Args:
+      penalties: the κ values (each positive); the other arguments as in
+        :func:`detect_changepoints`.
+
+    Returns:
+      One :class:`Detection` per penalty, in order.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if signal not in SIGNALS:
         raise ValueError(f"signal must be one of {SIGNALS}, got {signal!r}")
-    if not (penalty > 0):
-        raise ValueError(f"penalty must be positive, got {penalty!r}")
+    penalties = [float(p) for p in np.atleast_1d(np.asarray(penalties, dtype=float))]
+    if not penalties or not all(p > 0 for p in penalties):
+        raise ValueError(f"penalty must be positive, got {penalties!r}")
     num_points = _check_num_points(num_points, minimum=8)
     if int(min_size) < 1:
         raise ValueError(f"min_size must be a positive integer, got {min_size!r}")
@@ -248,9 +286,8 @@ def detect_changepoints(
     )
     prepared = _standardise(smooth)
     num, dim = prepared.shape
-    pen = penalty * dim * np.log(num)
     if np.all(np.ptp(prepared, axis=0) < 1e-9):
-        return Detection(np.zeros(0), np.zeros(0))
+        return [Detection(np.zeros(0), np.zeros(0)) for _ in penalties]
     if method == "pelt":
         # ruptures' kernel PELT with the linear kernel has exactly the "l2" cost, sum |x - mean|²,
         # and runs in C: same breaks as ``ruptures.Pelt(model="l2", jump=1)`` (checked in
@@ -258,7 +295,22 @@ def detect_changepoints(
         algorithm = ruptures.KernelCPD(kernel="linear", min_size=int(min_size))
     else:
         algorithm = ruptures.Binseg(model="l2", min_size=int(min_size), jump=1)
-    breaks = algorithm.fit(prepared).predict(pen=pen)
+    algorithm.fit(prepared)
+    return [
+        _events(
+            prepared,
+            grid,
+            algorithm.predict(pen=penalty * dim * np.log(num)),
+            penalty * dim * np.log(num),
+            signal,
+            min_separation,
+        )
+        for penalty in penalties
+    ]
+
+
+def _events(prepared, grid, breaks, pen, signal, min_separation) -> Detection:
+    """Events from ruptures' breaks (boundaries of a level, bursts of a rate), merged and scored."""
     bounds = np.asarray([0, *breaks], dtype=int)  # ruptures ends with num
     # Confidence of each boundary from the cost it saves over merging its two neighbouring segments.
     gains = np.array(
@@ -511,6 +563,7 @@ __all__ = [
     "SIGNALS",
     "log_grid",
     "detect_changepoints",
+    "detect_changepoints_penalties",
     "detect_slope_sign_changes",
     "evenly_spaced",
     "random_events",
