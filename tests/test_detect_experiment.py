@@ -31,6 +31,11 @@ def _check(summary, tmp_path, families, llc=True):
     assert set(summary) >= {
         "reference_tolerance_decades",
         "table",
+        "heldout",
+        "selected",
+        "split",
+        "verdicts",
+        "cost",
         "truth",
         "llc_health",
         "findings",
@@ -38,30 +43,55 @@ def _check(summary, tmp_path, families, llc=True):
     }
     assert list(summary["table"]) == families
     for family in families:
-        rows = summary["table"][family]
-        # every probe × detector and every baseline is scored
+        rows = summary["heldout"][family]
+        # every probe × method (curvature and multivariate probes included) and every baseline
         names = [
             "weight_norm/pelt_rate",
+            "hessian_trace/pelt_rate",
+            "free_energy/slope_sign",
+            "multi_weights/pelt_level",
+            "multi_all/pelt_rate",
             "baseline_loss/pelt_rate",
             "baseline_evenly_spaced",
             "baseline_random",
         ]
-        for name in names + (["llc/slope_sign"] if llc else []):
-            assert set(rows[name]) == {"f1", "precision", "recall", "false_positives_per_null_run"}
-            assert 0.0 <= rows[name]["f1"] <= 1.0
-        if llc:
+        for name in names + (["llc/slope_sign"] if llc and family != "digits" else []):
+            assert set(rows[name]) >= {"heldout", "settings", "train", "f1_curve"}
+            for metric in ("f1", "covering"):
+                value = rows[name]["heldout"][metric]
+                assert 0.0 <= value["low"] <= value["value"] <= value["high"] <= 1.0
+            assert set(summary["table"][family][name]) == {
+                "f1",
+                "precision",
+                "recall",
+                "covering",
+                "false_positives_per_null_run",
+            }
+        # the seed split holds out live and null runs, and the chosen rows exist
+        split = summary["split"][family]
+        assert min(split["train_live"], split["heldout_live"], split["heldout_null"]) >= 1
+        assert set(summary["selected"][family]) == {"any", "weight_only", "loss_only"}
+        assert summary["selected"][family]["weight_only"].split("/")[0] in (
+            "weight_norm",
+            "log_spectral_product",
+            "stable_rank",
+            "top_singular",
+            "step_distance",
+            "multi_weights",
+        )
+        assert family in summary["verdicts"][family]
+        assert summary["cost"][family]["curvature_seconds_per_checkpoint"] > 0
+        if llc and family != "digits":
             counts = summary["llc_health"][family]["counts"]
             assert counts["total"] > 0 and 0 <= counts["excluded"] <= counts["total"]
-        assert set(summary["seconds"][family]) == {"tasks", "probes", "llc", "scoring", "total"}
         assert (tmp_path / f"probes_{family}.png").stat().st_size > 0
         assert (tmp_path / f"probes_{family}.npz").exists()
-    assert family in summary["findings"]
-    for name in ("f1_curves.png", "weight_histogram.png", "scores.npz", "config.json"):
+    for name in ("f1_curves.png", "heldout.png", "weight_histogram.png", "scores.npz"):
         assert (tmp_path / name).exists()
 
 
 def test_smoke_one_family_without_llc(tmp_path):
-    # ~20 s on 2 loaded cores, mostly compiling the training program; λ̂ (another ~10 s of compile)
+    # Mostly compiling the training, probe and curvature programs; λ̂ (another ~10 s of compile)
     # is covered by the slow test below and by tests/test_probes.py.
     _check(_run(tmp_path, "digits", "--no-llc"), tmp_path, ["digits"], llc=False)
 
