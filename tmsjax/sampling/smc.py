@@ -37,6 +37,7 @@ import numpy as np
 from blackjax.smc import resampling
 from jax.flatten_util import ravel_pytree
 
+from tmsjax.checks import check_positive_int
 from tmsjax.sampling.nuts import _check_counts, _check_settings, _with_grid_checks
 from tmsjax.types import Array, Bool, Float, Int, PRNGKey, PyTree
 
@@ -75,8 +76,23 @@ def build_tempered_smc(
     target_acceptance_rate: float = 0.75,
     initial_step_size: float = 0.1,
     max_num_steps: int = 500,
+    constraint_fn: Callable[[PyTree, PyTree, PyTree, Float[Array, ""]], Bool[Array, ""]]
+    | None = None,
+    symmetry_fn: Callable[[PRNGKey, PyTree], PyTree] | None = None,
+    num_symmetry_moves: int = 1,
 ) -> Callable[[PRNGKey, PyTree, PyTree], SMCResult]:
-    """One SMC run ``(key, particles (num_particles, ...), data) -> SMCResult``, pure and vmappable.
+    r"""One SMC run ``(key, particles (num_particles, ...), data) -> SMCResult``; pure, vmappable.
+
+    With a ``constraint_fn`` every move (HMC or symmetry) from w to w' at tempering β is rejected
+    unless ``constraint_fn(w, w', data, β)`` holds. For a symmetric proposal the Metropolis ratio of
+    a target restricted to a region A is the unrestricted one times :math:`1_A(w')`, so
+    accept-then-reject-if-outside is exact. Two uses (:mod:`tmsjax.sampling.evidence`): a fixed
+    region (:math:`w' \in A`: the initial particles must then be prior draws in A), and *frozen
+    regions* (w' in the same region as w once β ≥ β₀): each particle then stays in the region it
+    held at β₀, the kernel preserves every restricted target :math:`\varphi 1_A e^{\beta\ell}` and
+    hence their sum, and the weighted share of region A at β = 1 times the evidence estimates
+    :math:`Z_A` by reweighting alone. The reported acceptance counts the rejections, so the step
+    size adapts to them.
 
     Args:
       logprior_fn: log prior of one position; the initial particles must be draws from it.
@@ -88,6 +104,15 @@ def build_tempered_smc(
         step.
       initial_step_size: HMC step size at β = 0 (in units of the particles' standard deviation).
       max_num_steps: tempering steps allowed before giving up (see ``reached_target``).
+      constraint_fn: ``(old, new, data, beta) -> bool``, whether a move from `old` to `new` is
+        allowed at tempering `beta` (None: every move).
+      symmetry_fn: ``(key, position) -> position``, a symmetric proposal (q(w'|w) = q(w|w'), e.g. a
+        random transposition of exchangeable coordinates) that leaves the prior and the region
+        invariant: after each HMC move, ``num_symmetry_moves`` Metropolis steps with it. HMC cannot
+        move between copies of a mode related by a symmetry the *data* break (relabelled features
+        with different losses) once barriers form; these moves do, so the particles keep the right
+        share in each copy at every β instead of the share they had when the barriers rose.
+      num_symmetry_moves: Metropolis steps with `symmetry_fn` per HMC move.
 
     Raises:
       ValueError: on a non-positive count, or a rate or target_ess outside (0, 1).
@@ -102,15 +127,41 @@ def build_tempered_smc(
     )
     if not (np.isfinite(target_ess) and 0 < target_ess < 1):
         raise ValueError(f"target_ess must lie in (0, 1), got {target_ess!r}")
+    num_symmetry_moves = check_positive_int("num_symmetry_moves", num_symmetry_moves)
     hmc_kernel = blackjax.hmc.build_kernel()
 
-    def mutation_step(key, state, logdensity_fn, step_size, inverse_mass_matrix):
-        return hmc_kernel(
-            key, state, logdensity_fn, step_size, inverse_mass_matrix, num_integration_steps
-        )
+    def symmetry_moves(key, state, logdensity_fn, data, beta):
+        def one(state, key):
+            key_propose, key_accept = jax.random.split(key)
+            proposal = symmetry_fn(key_propose, state.position)
+            logdensity, grad = jax.value_and_grad(logdensity_fn)(proposal)
+            log_ratio = jnp.nan_to_num(logdensity - state.logdensity, nan=-jnp.inf)
+            accept = jnp.log(jax.random.uniform(key_accept)) < log_ratio
+            if constraint_fn is not None:
+                accept &= constraint_fn(state.position, proposal, data, beta)
+            new = state._replace(position=proposal, logdensity=logdensity, logdensity_grad=grad)
+            return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, state), None
+
+        return jax.lax.scan(one, state, jax.random.split(key, num_symmetry_moves))[0]
 
     def run(key, particles, data):
         loglikelihood = lambda position: loglikelihood_fn(position, data)  # noqa: E731
+
+        def mutation_step(key, state, logdensity_fn, step_size, inverse_mass_matrix, beta):
+            key_hmc, key_symmetry = jax.random.split(key)
+            new, info = hmc_kernel(
+                key_hmc, state, logdensity_fn, step_size, inverse_mass_matrix, num_integration_steps
+            )
+            if constraint_fn is not None:
+                inside = constraint_fn(state.position, new.position, data, beta)
+                new = jax.tree.map(lambda a, b: jnp.where(inside, a, b), new, state)
+                info = info._replace(
+                    acceptance_rate=info.acceptance_rate * inside,
+                    is_accepted=info.is_accepted & inside,
+                )
+            if symmetry_fn is not None:
+                new = symmetry_moves(key_symmetry, new, logdensity_fn, data, beta)
+            return new, info
 
         def algorithm(parameters):
             return blackjax.adaptive_tempered_smc(
@@ -138,6 +189,8 @@ def build_tempered_smc(
             parameters = {
                 "step_size": step_size[None],
                 "inverse_mass_matrix": jnp.var(flat, axis=0)[None],
+                # The mutation runs at the current β (blackjax moves, then reweights).
+                "beta": jnp.asarray(state.tempering_param)[None],
             }
             state, info = algorithm(parameters).step(key_step, state)
             rate = jnp.mean(info.update_info.acceptance_rate)
