@@ -7,7 +7,8 @@ steady state (compilation excluded, best of 3). Probes: the weight-only ones
 (:func:`tmsjax.transitions.probes.compute_probes`), Hutchinson's trace with 8 probes, Lanczos with
 16 steps, the free energy by perturbation with 8 antithetic pairs, the three at the detection
 experiment's cpu settings (4 / 8 / 4), and λ̂ with one chain of 300 SGLD steps (the experiment's
-former cpu setting).
+former cpu setting; at an untrained point the chains escape, which does not change their cost,
+so failures are returned, not raised).
 
 Run: ``python -m benchmarks.probe_cost`` (``--quick``: fewer repeats). Rows: ``tmsjax_s`` is the
 probe's seconds, ``baseline_s`` one training step's, ``ratio`` = probe / training step (here > 1
@@ -87,7 +88,9 @@ def run(quick: bool = False) -> list[dict]:
                 key, loss_fn, p, data, num_probes=4, num_iterations=8, num_samples=4
             ),
             "λ̂ (1 chain × 300 steps)": lambda p: (
-                llc.estimate_llc(key, loss_fn, p, data, settings, num_data=num_data).llc
+                llc.estimate_llc(
+                    key, loss_fn, p, data, settings, num_data=num_data, on_failure="return"
+                ).llc
             ),
         }
         for probe, fn in cases.items():

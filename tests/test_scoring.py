@@ -51,6 +51,9 @@ def test_summarise_pools_live_runs_and_counts_null_alarms():
     assert metrics["f1"] == pytest.approx(1 / 3)
     assert metrics["false_alarms_per_null_run"] == 2.0
     assert metrics["covering"] == pytest.approx(np.mean(counts.covering[:3]))
+    cheap = scoring.run_counts(detected, true, WINDOW, tolerance=0.2, with_covering=False)
+    np.testing.assert_array_equal(cheap.matched, counts.matched)
+    assert np.all(np.isnan(cheap.covering))
 
 
 def test_bootstrap_interval_of_a_proportion():

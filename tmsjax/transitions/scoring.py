@@ -112,7 +112,9 @@ def covering(detected, true, window) -> float:
     return float(np.sum(lengths_true * jaccard.max(axis=1)) / (high - low))
 
 
-def run_counts(detected: Sequence, true: Sequence, window, tolerance: float) -> RunCounts:
+def run_counts(
+    detected: Sequence, true: Sequence, window, tolerance: float, *, with_covering: bool = True
+) -> RunCounts:
     """Matched pairs, detections, true transitions and covering of every run.
 
     Args:
@@ -120,6 +122,8 @@ def run_counts(detected: Sequence, true: Sequence, window, tolerance: float) -> 
       true: per run, true transition steps (empty on null runs).
       window: the scoring window (low, high) in steps.
       tolerance: the margin τ in decades.
+      with_covering: False leaves covering NaN (a selection over many candidates needs only F1
+        and false alarms, and covering is the costly part).
     """
     if len(detected) != len(true):
         raise ValueError(
@@ -134,7 +138,10 @@ def run_counts(detected: Sequence, true: Sequence, window, tolerance: float) -> 
         np.array([match_events(d, t, tolerance) for d, t in zip(found, truth)], dtype=float),
         np.array([d.size for d in found], dtype=float),
         np.array([t.size for t in truth], dtype=float),
-        np.array([covering(d, t, window) for d, t in zip(found, truth)], dtype=float),
+        np.array(
+            [covering(d, t, window) if with_covering else np.nan for d, t in zip(found, truth)],
+            dtype=float,
+        ),
     )
 
 
