@@ -120,6 +120,9 @@ STEP_SIZE_DECADES = 3.0
 EPS_TOP = 2.0
 #: The default γ grid, as multiples of the settings' γ (of 1 when the settings' γ is 0).
 LOCALIZATION_FACTORS = (1.0, 10.0, 100.0)
+#: Problems the stable region does not count: a localization-limited cell can be flat in ε, and
+#: the rule already takes the smallest stable γ; its verdict (and the reason) still says so.
+STABILITY_IGNORES = ("localization_limited",)
 #: Hessian-vector products of the power iteration for the largest curvature at the centre.
 POWER_ITERATIONS = 20
 
@@ -291,7 +294,7 @@ def _agree(grid: LLCGrid, gap: int, z: float) -> np.ndarray:
     standard errors; (len(ε) − gap, len(γ), len(nβ)). NaN standard errors never agree."""
     value = np.asarray(grid.result.llc, dtype=float)
     error = np.asarray(grid.result.stderr, dtype=float)
-    clear = np.asarray(all_clear(grid.result), dtype=bool)
+    clear = np.asarray(all_clear(grid.result, ignore=STABILITY_IGNORES), dtype=bool)
     with np.errstate(invalid="ignore"):
         difference = np.abs(value[gap:] - value[:-gap])
         close = difference <= z * np.sqrt(error[gap:] ** 2 + error[:-gap] ** 2)

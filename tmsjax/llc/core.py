@@ -63,6 +63,8 @@ class _StepOutput(NamedTuple):
 
     trace: Float[Array, " num_chains"]
     draw: Float[Array, " num_chains"]
+    distance: Float[Array, " num_chains"]
+    gradient_product: Float[Array, " num_chains"]
     acceptance: Float[Array, " num_chains"]
     is_finite: Bool[Array, " num_chains"]
 
@@ -155,26 +157,52 @@ def sample_llc(
     step_chains = jax.vmap(step, in_axes=(0, 0, None, None, None, None, None))
     draw_mask = chains.draw_mask
     measure_full = (not full_batch) and chains.draw_loss == "full"
+    # The SGLD discretisation-bias estimate (health.diagnose) needs the full-data gradient at the
+    # draws; the other samplers' biases are judged by their acceptance instead.
+    estimates_bias = bool(getattr(sampler, "estimates_bias", False))
+    value_and_grad = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(0, None))
+
+    def squared_distance(position):
+        return sum(jnp.sum((w - c) ** 2) for w, c in zip(jax.tree.leaves(position), center_leaves))
+
+    def gradient_product(position, grad):
+        r""":math:`\nabla(n\beta L_n)\cdot\nabla U`, U = nβ L_n + (γ/2)‖w − w*‖²."""
+        pairs = zip(jax.tree.leaves(position), jax.tree.leaves(grad), center_leaves)
+        return sum(jnp.sum(nbeta * g * (nbeta * g + localization * (w - c))) for w, g, c in pairs)
+
+    center_leaves = jax.tree.leaves(center)
+    per_chain_distance = jax.vmap(squared_distance)
+    per_chain_product = jax.vmap(gradient_product)
+    nans = jnp.full((num_chains,), jnp.nan, dtype)
 
     def one_step(state, inputs):
         step_key, is_draw = inputs
         key_batch, key_chains = jax.random.split(step_key)
         batch = data if full_batch else minibatch_fn(key_batch, data, chains.batch_size)
         chain_keys = jax.random.split(key_chains, num_chains)
+        previous = state.position
         state, info = step_chains(chain_keys, state, batch, center, nbeta, step_size, localization)
         trace = info.loss if full_batch else info.batch_loss
-        if measure_full:
+        if full_batch:
+            # The state's loss and gradient are L_n's at the new position, where the draw is.
+            draw, distance = trace, per_chain_distance(state.position)
+            product = per_chain_product(state.position, state.grad) if estimates_bias else nans
+        elif measure_full:
             # `is_draw` comes from the scan's inputs, not from a vmapped value, so this stays a real
-            # branch under vmap: the full-data loss is paid only at draws.
-            draw = jax.lax.cond(
-                is_draw,
-                lambda p: jax.vmap(loss_fn, in_axes=(0, None))(p, data),
-                lambda p: jnp.full((num_chains,), jnp.nan, dtype),
-                state.position,
-            )
+            # branch under vmap: the full-data loss (and gradient) is paid only at draws.
+            def measure(position):
+                if estimates_bias:
+                    loss, grad = value_and_grad(position, data)
+                    return loss, per_chain_product(position, grad)
+                return jax.vmap(loss_fn, in_axes=(0, None))(position, data), nans
+
+            draw, product = jax.lax.cond(is_draw, measure, lambda p: (nans, nans), state.position)
+            distance = per_chain_distance(state.position)
         else:
-            draw = trace
-        return state, _StepOutput(trace, draw, info.acceptance, info.is_finite)
+            # Batch-loss draws are the pre-step position's; no full-data gradient there.
+            draw, distance, product = trace, per_chain_distance(previous), nans
+        output = _StepOutput(trace, draw, distance, product, info.acceptance, info.is_finite)
+        return state, output
 
     step_keys = jax.random.split(key, chains.num_steps)
     _, out = jax.lax.scan(one_step, state, (step_keys, jnp.asarray(draw_mask)))
@@ -191,7 +219,17 @@ def sample_llc(
     is_finite = jnp.all(out.is_finite, axis=-1)
     min_acceptance = getattr(sampler, "min_acceptance", MIN_ACCEPTANCE)
     diagnostics = diagnose(
-        draws, init_loss, nbeta, llc_per_chain, mean_acceptance, is_finite, min_acceptance
+        draws,
+        init_loss,
+        nbeta,
+        llc_per_chain,
+        mean_acceptance,
+        is_finite,
+        min_acceptance,
+        distances=out.distance[:, draw_mask],
+        gradient_products=out.gradient_product[:, draw_mask] if estimates_bias else None,
+        step_size=step_size,
+        localization=localization,
     )
     return LLCResult(llc, llc_per_chain, stderr, init_loss, nbeta, out.trace, draws, diagnostics)
 

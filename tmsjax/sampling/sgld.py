@@ -50,7 +50,7 @@ References:
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -199,6 +199,9 @@ class SGLD:
     """
 
     estimate_acceptance: bool = True
+    #: The λ̂ engine estimates this sampler's discretisation bias from the full-data gradient at the
+    #: draws (:mod:`tmsjax.llc.health`): the Euler bias formula is plain SGLD's.
+    estimates_bias: ClassVar[bool] = True
 
     def __post_init__(self):
         if not isinstance(self.estimate_acceptance, (bool, np.bool_)):
