@@ -20,6 +20,15 @@ n = 1000 value (0.145) for larger n and the exact-potential run (ε = 1.45e-5 at
 ``--fixed-step-size`` uses ε₀ everywhere. Chains are 4000 steps (1000 burn-in) so that the smaller ε
 still covers the Langevin time of the paper's 1000 steps at ε = 1e-3.
 
+**Calibration** (the default; ``--no-calibrate`` for the hand-set rule alone). The hand-set rule
+above is the paper's protocol. By default the experiment instead calibrates (ε, γ) twice at the
+6-gon with :func:`tmsjax.llc.calibrate` (its default grid: 7 ε over 3 decades × γ ∈ {1, 10, 100}
+× the settings' γ): once on the first ``--reference-n`` rows (nβ = n₀ / log n₀), whose ε then
+scales with nβ like the rule's ε₀ and whose γ applies at every n, and once on the exact potential at
+``--population-nbeta``. Should no cell be stable, that run keeps the hand-set settings and says so.
+summary.json records both: ``settings`` (what was used), ``paper_settings`` (the hand-set rule) and
+``calibration`` (each calibration's choice, reason and λ̂ at the 6-gon).
+
 **Escapes.** With γ = 1 the localizing Gaussian reaches lower phases from several points: the
 5-gon's dead bias (−1) diffuses across 0 into the 5⁺ basin, the 5⁺'s dead column grows towards the
 6-gon, and 4-gons leave along their dead biases. Long chains find these exits (the verdict says
@@ -82,6 +91,12 @@ def add_arguments(parser):
     parser.add_argument(
         "--population-nbeta", type=float, default=1e4, help="nβ on the exact potential"
     )
+    parser.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        help="the hand-set ε rule and --localization (the paper's protocol) instead of calibrate",
+    )
 
 
 def check(args):
@@ -115,6 +130,33 @@ def chain_settings(args) -> LLCSettings:
     )
 
 
+def calibrated(
+    key, loss_fn, center, data, settings, fallback: LLCSettings
+) -> tuple[LLCSettings, dict]:
+    """(settings, record): :func:`tmsjax.llc.calibrate`'s choice at `center`, or `fallback` (the
+    hand-set settings) when no cell of its grid is stable; the record says which, and why."""
+    try:
+        found = llc.calibrate(key, loss_fn, center, data, settings)
+    except llc.CalibrationError as error:
+        record = {"calibrated": False, "reason": str(error)}
+        return fallback, record | {
+            "step_size": fallback.step_size,
+            "localization": fallback.localization,
+        }
+    chosen = found.chosen
+    record = {
+        "calibrated": True,
+        "step_size": found.settings.step_size,
+        "localization": found.settings.localization,
+        "nbeta": found.settings.nbeta,
+        "reason": found.reason,
+        "llc": float(chosen.llc),
+        "stderr": float(chosen.stderr),
+        "verdict": llc.verdict(chosen),
+    }
+    return found.settings, record
+
+
 def _healthy_chain_llc(result, index) -> tuple[float, float, int]:
     """λ̂ (mean of per-chain estimates) over the usable chains (:func:`tmsjax.llc.usable_chains`:
     neither escaped nor blown up), a reported extra beside the pooled estimate."""
@@ -134,16 +176,57 @@ def main(args):
     store.write_config(common.settings(args))
     points = critical_points(args.num_features)[: args.max_points]
     sizes = sorted(args.sizes)
-    key_data, key_n, key_pop = jax.random.split(jax.random.key(args.seed), 3)
+    key_data, key_n, key_pop, key_cal = jax.random.split(jax.random.key(args.seed), 4)
     x = sample_sparse_limit(key_data, sizes[-1], args.num_features)
     W = jnp.asarray(np.stack([p.W for p in points]), jnp.float32)
     b = jnp.asarray(np.stack([p.b for p in points]), jnp.float32)
     centers = TMSParams(W[None], b[None])
     settings = chain_settings(args)
+    nbeta = args.population_nbeta
+    # The hand-set (paper) rule: ε(n) from ε₀ at n₀, γ = --localization; on the exact potential
+    # ε·nβ at its reference value (≈ 0.145) so the discretisation bias εk/4 stays a few percent
+    # (even with --fixed-step-size: ε = 1e-3 at nβ = 1e4 would blow up); steps scale up to cover
+    # more Langevin time.
+    paper_steps = {n: step_size_for(float(llc.default_nbeta(n)), args) for n in sizes}
+    population_settings = settings.replace(
+        nbeta=nbeta,
+        step_size=scaled_step_size(args.step_size, args.reference_n, nbeta),
+        num_steps=4 * args.num_steps,
+        num_burnin=4 * args.num_burnin,
+    )
+    reference_n = min(args.reference_n, sizes[-1])
+    localization, population_used = args.localization, population_settings
+    calibration = {}
+    if args.calibrate:
+        six = next((i for i, p in enumerate(points) if p.label == "6"), 0)
+        center = TMSParams(W[six], b[six])
+        key_finite, key_population = jax.random.split(key_cal)
+        reference_nbeta = float(llc.default_nbeta(reference_n))
+        fallback = settings.replace(
+            step_size=scaled_step_size(args.step_size, args.reference_n, reference_nbeta)
+        )
+        chosen, calibration["finite"] = calibrated(
+            key_finite, losses.row_loss, center, make_dataset(x[:reference_n]), fallback, fallback
+        )
+        calibration["finite"] |= {"label": points[six].label, "n": reference_n}
+        localization = chosen.localization
+        # ε·nβ held at the calibrated value above n₀ (as the hand-set rule does with ε₀).
+        calibrated_steps = {
+            n: chosen.step_size * min(1.0, reference_nbeta / float(llc.default_nbeta(n)))
+            for n in sizes
+        }
+        population_used, calibration["population"] = calibrated(
+            key_population,
+            losses.potential_loss,
+            center,
+            None,
+            population_settings,
+            population_settings,
+        )
+        calibration["population"] |= {"label": points[six].label}
     finite, step_sizes = [], []
     for n in sizes:
-        nbeta = float(llc.default_nbeta(n))
-        step_sizes.append(step_size_for(nbeta, args))
+        step_sizes.append(calibrated_steps[n] if args.calibrate else paper_steps[n])
         # The first n rows of one draw: nested datasets, as a growing real dataset.
         finite.append(
             llc.llc_along_training(
@@ -151,23 +234,13 @@ def main(args):
                 losses.row_loss,
                 centers,
                 make_dataset(x[:n]),
-                settings.replace(step_size=step_sizes[-1]),
+                settings.replace(step_size=step_sizes[-1], localization=localization),
             )
         )
     finite = jax.tree.map(lambda *leaves: jnp.concatenate(leaves), *finite)  # (sizes, points, ...)
-    # n → ∞: the exact potential at large nβ, with ε·nβ at its reference value (≈ 0.145) so the
-    # discretisation bias εk/4 stays a few percent (even with --fixed-step-size: ε = 1e-3 at
-    # nβ = 1e4 would blow up); steps scale up to cover more Langevin time.
-    nbeta = args.population_nbeta
-    step_size = scaled_step_size(args.step_size, args.reference_n, nbeta)
-    population_settings = settings.replace(
-        nbeta=nbeta,
-        step_size=step_size,
-        num_steps=4 * args.num_steps,
-        num_burnin=4 * args.num_burnin,
-    )
+    step_size = population_used.step_size
     population = llc.llc_along_training(
-        key_pop, losses.potential_loss, centers, None, population_settings
+        key_pop, losses.potential_loss, centers, None, population_used
     )
     finite_verdicts, population_verdicts = llc.grid_verdicts(finite), llc.grid_verdicts(population)
     finite_usable = np.asarray(llc.usable(finite))
@@ -208,6 +281,8 @@ def main(args):
     )
     paper = {"5": 7.71, "5+": 9.91, "6": 9.03}
     rule = "fixed" if args.fixed_step_size else "eps * min(1, nbeta(reference_n) / nbeta(n))"
+    if args.calibrate:
+        rule = "calibrated eps at the reference n * min(1, nbeta(reference_n) / nbeta(n))"
     summary = {
         "question": (
             "λ̂ at each critical point versus theory, for several n and on the exact potential"
@@ -217,7 +292,9 @@ def main(args):
             "reference_n": args.reference_n,
             "step_size_rule": rule,
             "step_sizes": dict(zip(map(str, sizes), step_sizes)),
-            "localization": args.localization,
+            "localization": localization,
+            "population_localization": population_used.localization,
+            "calibrated": bool(args.calibrate),
             "nbeta": "n / log n",
             "num_chains": args.num_chains,
             "num_steps": args.num_steps,
@@ -226,6 +303,13 @@ def main(args):
             "population_step_size": step_size,
             "sampler": repr(settings.sampler),
         },
+        "paper_settings": {
+            "step_sizes": {str(n): paper_steps[n] for n in sizes},
+            "localization": args.localization,
+            "population_step_size": population_settings.step_size,
+            "population_localization": population_settings.localization,
+        },
+        "calibration": calibration,
         "usable_rule": "no chain escaped or blew up (tmsjax.llc.usable)",
         "paper_table_k1_n5000": paper,
         "table": rows,

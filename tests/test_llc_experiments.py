@@ -121,7 +121,14 @@ def test_llc_critical_points_smoke(tmp_path):
         "llc_population",
         "verdict_population",
     } <= set(rows[0])
-    assert summary["settings"]["step_sizes"]["100"] == pytest.approx(1e-3)
+    # The paper's hand-set ε is recorded beside the calibrated one that was used (at n = 100 the
+    # reference n₀ = 1000 is clipped to the largest n, so ε is the calibration's own there).
+    assert summary["paper_settings"]["step_sizes"]["100"] == pytest.approx(1e-3)
+    finite = summary["calibration"]["finite"]
+    assert {"calibrated", "step_size", "localization", "reason"} <= set(finite)
+    assert summary["settings"]["step_sizes"]["100"] == pytest.approx(finite["step_size"])
+    assert summary["settings"]["localization"] == pytest.approx(finite["localization"])
+    assert {"calibrated", "reason"} <= set(summary["calibration"]["population"])
     assert (tmp_path / "llc_critical_points.png").stat().st_size > 10_000
 
 
