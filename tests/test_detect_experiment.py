@@ -70,7 +70,13 @@ def _check(summary, tmp_path, families, llc=True):
         # the seed split holds out live and null runs, and the chosen rows exist
         split = summary["split"][family]
         assert min(split["train_live"], split["heldout_live"], split["heldout_null"]) >= 1
-        assert set(summary["selected"][family]) == {"any", "weight_only", "loss_only", "f1_only"}
+        assert set(summary["selected"][family]) == {
+            "any",
+            "weight_only",
+            "loss_only",
+            "f1_only",
+            "loss_f1_only",
+        }
         assert summary["selected"][family]["weight_only"].split("/")[0] in (
             "weight_norm",
             "log_spectral_product",
