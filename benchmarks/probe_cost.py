@@ -21,17 +21,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from sklearn.datasets import load_digits
 
 from benchmarks.common import report, time_jax
 from tmsjax import llc
+from tmsjax.tms.data import make_dataset, sample_sparse_limit
+from tmsjax.tms.losses import row_loss
+from tmsjax.tms.model import init_params
 from tmsjax.transitions import curvature, probes
 
 
 def _tms():
-    from tmsjax.tms.data import make_dataset, sample_sparse_limit
-    from tmsjax.tms.losses import row_loss
-    from tmsjax.tms.model import init_params
-
     data = make_dataset(sample_sparse_limit(jax.random.key(0), 1000, 6))
     return (
         "tms (18 params, n=1000)",
@@ -42,8 +42,6 @@ def _tms():
 
 
 def _digits():
-    from sklearn.datasets import load_digits
-
     x, y = load_digits(return_X_y=True)
     data = (jnp.asarray(x / 16, jnp.float32), jnp.asarray(y))
     params, static = eqx.partition(
