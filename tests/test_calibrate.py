@@ -280,3 +280,32 @@ def test_figure_marks_the_stable_cells_and_the_chosen_one():
         assert len(axis.get_legend().get_texts()) == 4  # two γ, the chosen cell, the reference
     finally:
         plt.close(figure)
+
+
+# ~80 s per calibration on 2 busy cores (21 cells × 4 chains × 4000 steps): slow suite.
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["potential", "dataset"])
+def test_calibration_finds_a_stable_cell_at_the_tms_six_gon(key, loss):
+    """The TMS 6-gon (c = 6, r = 2) at n = 1000, γ = 1, 4 chains × 4000 steps: the settings where
+    calibrate used to find no stable cell, with 3 of 7 cells at γ = 1 called "drifting" by the
+    batch-means drift test (batches shorter than the 1/(εγ)-step autocorrelation of slow chains).
+    With an autocorrelation-aware standard error no cell of a stationary chain drifts, and a stable
+    cell exists; the chosen cell's chains are not drifting."""
+    from tmsjax.tms import losses
+    from tmsjax.tms.critical import critical_points
+    from tmsjax.tms.data import make_dataset, sample_sparse_limit
+    from tmsjax.tms.model import TMSParams
+
+    point = next(p for p in critical_points(6) if p.label == "6")
+    center = TMSParams(jnp.asarray(point.W, jnp.float32), jnp.asarray(point.b, jnp.float32))
+    settings = LLCSettings(localization=1.0, num_chains=4, num_steps=4000, num_burnin=1000)
+    key_data, key_run = jax.random.split(key)
+    if loss == "potential":
+        loss_fn, data, extra = losses.potential_loss, None, {"num_data": 1000}
+    else:
+        data = make_dataset(sample_sparse_limit(key_data, 1000, 6))
+        loss_fn, extra = losses.row_loss, {}
+    calibration = calibrate(key_run, loss_fn, center, data, settings, **extra)
+    assert calibration.stable.any()
+    assert not np.any(np.asarray(calibration.chosen.diagnostics.drifting))
+    assert np.isfinite(float(calibration.chosen.llc)) and float(calibration.chosen.llc) > 0
