@@ -29,6 +29,7 @@ import itertools
 import json
 import math
 import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +88,18 @@ def _laplace_one(live0, live_index, x, n_mask, dead_W, dead_b):
         + math.log(2 * math.pi)
         + jnp.log(jnp.linalg.norm(live[: 2 * k]))
     )
-    return log_integral, min_curvature, jnp.max(jnp.abs(grad(live)))
+    parts = LaplaceParts(
+        energy=energy(live), log_det=log_det, log_norm=jnp.log(jnp.linalg.norm(live[: 2 * k]))
+    )
+    return log_integral, min_curvature, jnp.max(jnp.abs(grad(live))), parts
+
+
+class LaplaceParts(NamedTuple):
+    """One labelled copy's Laplace integral, term by term (at its MAP point)."""
+
+    energy: jax.Array  # n L_n(w_MAP) + ½‖w_MAP‖² over the live coordinates
+    log_det: jax.Array  # log det' of the posterior Hessian (the rotation's zero mode left out)
+    log_norm: jax.Array  # log ‖W‖ of the live columns (the rotation orbit has length 2π‖W‖)
 
 
 _laplace_all = jax.jit(jax.vmap(_laplace_one, in_axes=(0, 0, None, None, 0, 0)))
@@ -95,6 +107,12 @@ _laplace_all = jax.jit(jax.vmap(_laplace_one, in_axes=(0, 0, None, None, 0, 0)))
 
 def phase_log_mass(point, c: int, x, n: int) -> tuple[float, float]:
     """log Σ over labelled copies of the Laplace integral; returns (log mass, min curvature)."""
+    log_mass, curvature, _ = phase_laplace(point, c, x, n)
+    return log_mass, curvature
+
+
+def phase_laplace(point, c: int, x, n: int) -> tuple[float, float, dict]:
+    """:func:`phase_log_mass` plus every copy's :class:`LaplaceParts` and log integral (numpy)."""
     orders = labelled_copies(point.k, c)
     live0, live_index, dead_W, dead_b = [], [], [], []
     for order in orders:
@@ -108,7 +126,7 @@ def phase_log_mass(point, c: int, x, n: int) -> tuple[float, float]:
         dead_W.append(np.where(np.isin(np.arange(c), order), 0.0, W))
         dead_b.append(b)
     n_mask = (jnp.arange(x.shape[0]) < n).astype(x.dtype)
-    logs, curvature, grad_max = _laplace_all(
+    logs, curvature, grad_max, parts = _laplace_all(
         jnp.asarray(np.array(live0)),
         jnp.asarray(np.array(live_index)),
         x,
@@ -118,7 +136,9 @@ def phase_log_mass(point, c: int, x, n: int) -> tuple[float, float]:
     )
     if float(jnp.max(grad_max)) > 1e-6 or float(jnp.min(curvature)) <= 0:
         raise RuntimeError(f"Newton did not reach a minimum for the {point.label}-gon at n={n}")
-    return float(logsumexp(np.asarray(logs))), float(jnp.min(curvature))
+    copies = {name: np.asarray(value) for name, value in parts._asdict().items()}
+    copies["log_integral"] = np.asarray(logs)
+    return float(logsumexp(np.asarray(logs))), float(jnp.min(curvature)), copies
 
 
 def dead_column_loss_change(point, num_draws: int = 400_000, seed: int = 0) -> np.ndarray:
