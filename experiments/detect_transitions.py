@@ -411,18 +411,8 @@ def score_family(task, series, key, preset):
             [changepoints.random_events(keys[r], task.window, count) for r in range(task.num_runs)],
         )
     ]
-    rows, detections = {}, {}
-    for name, options in candidates.items():
-        best = None
-        for settings, found in options:
-            counts = scoring.run_counts(
-                found, true, task.window, REFERENCE_TOLERANCE, with_covering=False
-            )
-            trained = scoring.summarise(_subset_counts(counts, train), task.is_null[train])
-            score = scoring.selection_score(trained)
-            if best is None or score > best[0]:
-                best = (score, settings, found)
-        score, settings, found = best
+
+    def heldout_row(settings, found, score):
         counts = scoring.run_counts(found, true, task.window, REFERENCE_TOLERANCE)
         trained = scoring.summarise(_subset_counts(counts, train), task.is_null[train])
         heldout = scoring.bootstrap(
@@ -443,21 +433,45 @@ def score_family(task, series, key, preset):
             )["f1"]
             for tau in TOLERANCES
         ]
-        rows[name] = dict(
+        return dict(
             heldout=heldout, settings=settings, train=trained, selection_score=score, f1_curve=curve
         )
+
+    rows, detections, greedy = {}, {}, {}
+    for name, options in candidates.items():
+        best = by_f1 = None
+        for settings, found in options:
+            counts = scoring.run_counts(
+                found, true, task.window, REFERENCE_TOLERANCE, with_covering=False
+            )
+            trained = scoring.summarise(_subset_counts(counts, train), task.is_null[train])
+            score = scoring.selection_score(trained)
+            if best is None or score > best[0]:
+                best = (score, settings, found)
+            if by_f1 is None or trained["f1"] > by_f1[0]:
+                by_f1 = (trained["f1"], settings, found, score)
+        score, settings, found = best
+        rows[name] = heldout_row(settings, found, score)
         detections[name] = found
+        greedy[name] = by_f1
     detectors = {k: v for k, v in rows.items() if not k.startswith("baseline")}
     weight_only = {k: v for k, v in detectors.items() if k.split("/")[0] in WEIGHT_ONLY}
     loss = {k: v for k, v in rows.items() if k.startswith("baseline_") and "loss" in k}
     pick = lambda table: max(table, key=lambda k: table[k]["selection_score"])  # noqa: E731
+    # The trade-off: the detector (probe, method and settings) training F1 alone would choose,
+    # false alarms ignored, scored the same way under the name "<row>@f1_only".
+    chosen_by_f1 = {}
+    for kind, names in (("f1_only", list(detectors)), ("loss_f1_only", list(loss))):
+        name = max(names, key=lambda k: greedy[k][0])
+        _, settings, found, score = greedy[name]
+        rows[f"{name}@f1_only"] = heldout_row(settings, found, score)
+        detections[f"{name}@f1_only"] = found
+        chosen_by_f1[kind] = f"{name}@f1_only"
     selected = dict(
         any=pick(detectors),
         weight_only=pick(weight_only),
         loss_only=pick(loss),
-        # the trade-off: the detector training F1 alone would pick, false alarms ignored
-        f1_only=max(detectors, key=lambda k: detectors[k]["train"]["f1"]),
-        loss_f1_only=max(loss, key=lambda k: loss[k]["train"]["f1"]),
+        **chosen_by_f1,
     )
     split = dict(
         train_live=int((train & ~task.is_null).sum()),
@@ -521,17 +535,14 @@ def verdict(family, rows, selected, split, cost) -> str:
         text += "The goal is not met: " + "; ".join(reasons) + ". "
     if weights != best:
         text += f"The best weight-only detector, {weights}, scores F1 {show(weights)}. "
-    greedy = selected["f1_only"]
-    if greedy != best:
+    for kind, label in (("f1_only", "detector"), ("loss_f1_only", "loss-only detector")):
+        greedy = selected[kind]
         text += (
-            f"Chosen on training F1 alone, {greedy} would score F1 {show(greedy)} with "
-            f"{show(greedy, 'false_alarms_per_null_run')} false alarms per null run. "
-        )
-    if selected["loss_f1_only"] != loss:
-        greedy = selected["loss_f1_only"]
-        text += (
-            f"(The loss-only detector chosen on training F1 alone, {greedy}: F1 {show(greedy)}, "
-            f"{show(greedy, 'false_alarms_per_null_run')} false alarms per null run.) "
+            f"Chosen on training F1 alone (false alarms ignored), the {label} "
+            f"{greedy.removesuffix('@f1_only')} ({_settings_text(rows[greedy]['settings'])}) "
+            "scores "
+            f"F1 {show(greedy)} with {show(greedy, 'false_alarms_per_null_run')} false alarms per "
+            "null run. "
         )
     even, rand = "baseline_evenly_spaced", "baseline_random"
     text += (
