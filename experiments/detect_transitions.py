@@ -29,7 +29,10 @@ seeds' mean number of transitions) are scored the same way.
 The cpu preset runs 64 live + 32 null runs per family with λ̂ off: at 96 runs × 20 checkpoints ×
 300 SGLD steps λ̂ costs ~8 min per MLP family on 2 cores (measured at 12 runs: 67-87 s), so its cheap
 proxy, the free energy by perturbation, and the Hessian probes stand in for it (16 checkpoints per
-run, a 256-example subset, 4 Hutchinson probes, 8 Lanczos steps, 4 antithetic pairs).
+run, a 256-example subset, 4 Hutchinson probes, 8 Lanczos steps, 4 antithetic pairs). Measured on
+tms, digits, grokking and legendre: 235 CPU-seconds (user + sys), 11 min 40 s of wall clock on 2
+cores shared at load ~12 (the process got 27% of them); on 2 idle cores that is 2 min if the work
+spread over both, 4 min if it ran on one.
 
 Run: ``python -m experiments.detect_transitions --out results/detect`` (cpu preset); ``--preset
 paper`` for a GPU; ``--smoke`` for a short check. Writes config.json, summary.json (``table``: the
