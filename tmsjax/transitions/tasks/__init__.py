@@ -2,7 +2,9 @@
 
 One file per family: :mod:`~tmsjax.transitions.tasks.digits` (graduated training),
 :mod:`~tmsjax.transitions.tasks.grokking` (modular addition),
-:mod:`~tmsjax.transitions.tasks.legendre` (bounded polynomials); what they share is in
+:mod:`~tmsjax.transitions.tasks.legendre` (bounded polynomials),
+:mod:`~tmsjax.transitions.tasks.transformer` (induction heads in a two-layer attention-only
+transformer: a stage defined by behaviour); what they share is in
 :mod:`~tmsjax.transitions.tasks.base`, and they train on :mod:`tmsjax.training.engine`. The TMS
 family belongs to the TMS wing (:mod:`tmsjax.tms.task`); an experiment that wants it adds it to
 :data:`FAMILIES` itself.
@@ -12,12 +14,19 @@ from tmsjax.transitions.tasks.base import TaskRuns, first_crossing
 from tmsjax.transitions.tasks.digits import graduated_digits_runs, load_digits_split
 from tmsjax.transitions.tasks.grokking import EmbedMLP, grokking_runs
 from tmsjax.transitions.tasks.legendre import legendre_runs, legendre_table
+from tmsjax.transitions.tasks.transformer import AttentionOnlyTransformer, transformer_runs
 
 #: The generic families by name: ``FAMILIES[name](key, num_runs=..., num_null=..., **settings)``.
-FAMILIES = {"digits": graduated_digits_runs, "grokking": grokking_runs, "legendre": legendre_runs}
+FAMILIES = {
+    "digits": graduated_digits_runs,
+    "grokking": grokking_runs,
+    "legendre": legendre_runs,
+    "transformer": transformer_runs,
+}
 
 __all__ = [
     "FAMILIES",
+    "AttentionOnlyTransformer",
     "EmbedMLP",
     "TaskRuns",
     "first_crossing",
@@ -26,4 +35,5 @@ __all__ = [
     "legendre_runs",
     "legendre_table",
     "load_digits_split",
+    "transformer_runs",
 ]
