@@ -150,8 +150,11 @@ def local_log_evidence(
         region; 0 freezes them from the prior, inf never (plain tempered SMC).
       num_particles: particles per SMC run.
       num_replicates: independent SMC runs per target, for the error bar.
-      batch_region_fn: a faster ``particles (N, ...) -> ids (N,)`` for the final particles (default
-        ``vmap(region_fn)``).
+      batch_region_fn: ``particles (N, ...) -> ids (N,)``, the regions reported (`regions` are its
+        ids); default ``vmap(region_fn)``. It may be finer than `region_fn`, which only sets what
+        the frozen moves preserve: the SMC stays valid for the whole target either way, so
+        :math:`\hat Z \hat s_A` estimates :math:`Z_A` for any A; what freezing buys is that no
+        particle crosses a `region_fn` boundary above β₀.
       **smc_settings: passed to :func:`tmsjax.sampling.smc.build_tempered_smc` (e.g. a
         ``symmetry_fn`` that moves particles between symmetric copies of a mode inside a region).
 

@@ -92,6 +92,7 @@ def local_free_energies(
     num_integration_steps: int = 8,
     target_ess: float = 0.5,
     num_symmetry_moves: int = 2,
+    freeze_by: str = "phase",
 ) -> LocalFreeEnergies:
     r"""Local free energies :math:`F_\alpha(n)` of every classifier phase on nested datasets of `x`.
 
@@ -107,6 +108,10 @@ def local_free_energies(
       num_mcmc_steps, num_integration_steps, target_ess: the SMC settings
         (:func:`tmsjax.sampling.smc.build_tempered_smc`).
       num_symmetry_moves: Metropolis feature-transposition moves after each HMC move; 0: none.
+      freeze_by: "phase" (no move may change the classifier's label above the freeze) or
+        "vertices" (no move may change the hull-vertex count k; moves between 5 and 5⁺, which
+        differ only by the sign of the dead column's bias, a flat direction with no barrier, stay
+        allowed). Either way F_α comes from the final particles' phase labels.
 
     Returns:
       :class:`LocalFreeEnergies` over every label of :func:`tmsjax.tms.phases.phase_labels`
@@ -123,6 +128,8 @@ def local_free_energies(
     table = phase_labels(c)
     if not (math.isfinite(prior_std) and prior_std > 0):
         raise ValueError(f"prior_std must be positive and finite, got {prior_std!r}")
+    if freeze_by not in ("phase", "vertices"):
+        raise ValueError(f"freeze_by must be 'phase' or 'vertices', got {freeze_by!r}")
     sizes = [check_positive_int("sizes", n) for n in sizes]
     freeze_size = np.broadcast_to(np.asarray(freeze_size, np.float64), (len(sizes),))
     if not (freeze_size > 0).all():
@@ -130,6 +137,10 @@ def local_free_energies(
     num_slots = int(np.bincount(x.argmax(axis=1), minlength=c).max())
     stats = sparse_limit_stats(x, sizes, num_slots=num_slots)
     classify_one = make_classifier(c, max_distance=math.inf)
+    # Phase id -> the id the freeze compares: itself, or its hull-vertex count ("unknown": -1).
+    group = np.arange(len(table))
+    if freeze_by == "vertices":
+        group = np.array([int(label.rstrip("+-")) if label[0].isdigit() else -1 for label in table])
 
     def sample_prior(key, num):
         k_w, k_b = jax.random.split(key)
@@ -158,7 +169,7 @@ def local_free_energies(
         sample_prior,
         lambda w: log_prior(w, prior_std),
         log_likelihood,
-        lambda w: classify_one(w.W, w.b)[0],
+        lambda w: jnp.asarray(group)[classify_one(w.W, w.b)[0]],
         stats,
         list(range(len(table))),
         freeze_size / np.asarray(sizes, np.float64),
