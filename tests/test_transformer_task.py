@@ -26,6 +26,7 @@ TINY = dict(
     max_period=4,
     model_dim=8,
     num_heads=1,
+    num_layers=1,
     batch_size=4,
     num_steps=20,
     num_checkpoints=6,
