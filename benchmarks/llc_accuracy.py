@@ -29,8 +29,8 @@ Each is centred at
 **The settings rule**, :func:`settings_for` (the one function a calibration replaces;
 ``--calibrate`` uses :func:`tmsjax.llc.calibrate` instead). With k* the largest
 eigenvalue of the loss's Hessian at w* (power iteration on Hessian-vector products) and a step
-budget S(d) = min(max_steps, param_steps / d) set by the preset (45,000 steps and 1.5·10⁸ / d on
-the default preset, sized so that each case runs ≤ 30 s on 2 CPU cores):
+budget S(d) = min(max_steps, param_steps / d) set by the preset (90,000 steps and 1.5·10⁸ / d on
+the default preset, sized so that each case runs ≤ 30 s on 2 idle CPU cores):
 
 - ε = c / (nβ k*), c = 0.1: the stiffest direction at w* moves a tenth of its posterior width per
   step (Euler variance inflation εnβk/4 ≈ 2.5% there);
@@ -45,43 +45,72 @@ usable, the settings, seconds (run and compile apart: compile is the sum of jax.
 events during the one ``estimate_llc`` call, ``settings_s`` the rule's own time, its power
 iteration's compile included). Summary rows, population and finite apart, over the cases with
 d ≤ 10⁴: median and max |relative error|, median signed error, and ``num_bad_called_ok``: how many
-cases with |error| > 15% the verdict called "ok" (the target is none). devinterp 1.3.2 runs the
-same cases at the same ε, γ, nβ, chains, burn-in and thinning when the optional ``[devinterp]``
-extra is installed (as benchmarks/llc_devinterp.py calls it: row-wise loss on a shuffled
-DataLoader for the finite case, a one-element loader and the Frobenius loss for the population),
-and is skipped with a message otherwise.
+cases with |error| > 15% the verdict called "ok" (the target is none). Each row also has the
+health check's estimates: ``step_bias`` (the largest chain's estimated discretisation bias,
+(ε/8)E[∇(nβL)·∇U]/λ̂) and ``localization_sensitivity`` (the estimated change of λ̂ when γ is
+halved, from −(γ/2)Cov(nβL, ‖w − w*‖²)); :mod:`tmsjax.llc.health` turns them into the verdicts
+"step size too large" and "localization-limited".
 
-Typical result (CPU, 2 cores, jax 0.10.2, default preset, 5.8 min wall; the table is in
-benchmarks/results/llc_accuracy-cpu-2core.json):
+devinterp 1.3.2 runs the same cases at the same ε, γ, nβ, chains, burn-in fraction and thinning
+when the optional ``[devinterp]`` extra is installed (as benchmarks/llc_devinterp.py calls it:
+row-wise loss on a shuffled DataLoader for the finite case, a one-element loader and the Frobenius
+loss for the population), and is skipped with a message otherwise. Its chains run one after
+another in PyTorch, 10²-10³ times slower per step than ours on CPU (measured under load 12: 25 ms
+per step on the population case and 85 ms on the finite one of 3-2-3, whose DataLoader collates
+256 rows per step), so ``--devinterp-only SUBSTRING`` picks the cases it runs and
+``--devinterp-steps N`` caps its chains (same burn-in fraction; ``baseline_steps`` says how many
+it ran, and ``ratio`` is its time per step over ours).
 
-- population, 16 cases: median |error| 4.3%, max 18.3% (8-8-8-8-8-8 generic), median signed −2.2%;
-- finite n, 16 cases: median |error| 4.4%, max 19.2% (8-8-8-8-8-8 generic), median signed −2.9%;
-- |error| > 15%: 2 of 32 cases (the 5-layer 8-8-8-8-8-8 at its generic point, both losses), and the
-  verdict called both "ok" (2/2; the target is 0). Every estimate is usable; 18 of 32 say "ok", the
-  others "step size too large" (errors −13% to +5%). Finite cases called "ok" reach +7.6%.
+Typical result (CPU, 2 cores shared with other jobs, load average 12-15 throughout, jax 0.10.2,
+default preset, ``--devinterp-only "3-2-3 r=1" --devinterp-steps 1000``, 25.5 min wall; the table
+is in benchmarks/results/llc_accuracy-cpu-2core.json):
+
+- population, 16 cases: median |error| 3.0%, max 22.5% (30-25-20-25 singular), median signed 0.0%;
+- finite n, 16 cases: median |error| 4.6%, max 23.6% (30-25-20-25 singular), median signed −0.3%;
+- |error| > 15%: 2 of 32 cases (30-25-20-25 at its singular point, both losses), both called
+  "step size too large (λ̂ biased about +20% / +17%)" (errors +22.5% / +23.6%): none called "ok"
+  (the target). Every estimate is usable; 17 of 32 say "ok" (errors −12.9% to +4.6%; the largest
+  are the 10⁴-parameter generic cases, −12.4% / −12.9%, and 8-8-8-8-8-8 generic, −11% / −12%).
+  15 say "step size too large", with an estimated bias near the measured error where the error is
+  positive (+7.1% estimated, +5.4% / +7.6% measured at 20-15-20 singular; +19% / +15% estimated,
+  +13.8% / +13.1% at 12-16-16-16-16-12 singular).
+- time: run 0.4-70 s per case under that load (11 cases over 30 s: the 12-16-16-16-16-12 and
+  30-25-20-25 cases at 42-70 s, the 10⁴-parameter ones at 31-44 s); on a less loaded machine the
+  earlier 45,000-step runs took ≤ 23 s per case.
+- devinterp 1.3.2 on the four 3-2-3 cases, same ε, γ, nβ, capped at 1000 steps: population
+  3.24 and 2.92 (−7%, −16%), finite 2.30 and −5.35 (−34%, −253%), 840-2500× our time per step.
+
+The previous rule (45,000-step budget) gave max errors 18-19% at 8-8-8-8-8-8 generic, called
+"ok" by the verdict of the time; doubling the budget halves γ where the budget binds, which cuts
+the deep networks' localization bias (−18% → −11%) but lets the shallow-wide 3-layer network's
+chains wander into stiffer regions at its singular point (+5% → +23%), which the step-bias
+estimate names. A pilot run that rescaled ε to a target estimated bias was tried and dropped: the
+pilot, at a larger γ, sees less of the stiff regions than the run it sets up (errors +5-12% on the
+4- and 6-layer cases).
 
 What limits accuracy, from these runs and from sweeps of ε, γ and chain length on the same cases:
 
 - γ, on deep networks: the localization cuts the posterior's volume in the flat (singular)
-  directions and biases λ̂ down, more the deeper the network (the cut scales like nβ/γ^L) and more
-  at the generic point (whose curvature is larger, so ε is smaller and γ, from the budget, larger).
-  No diagnostic sees it: the chains are stationary, accepted and inside the basin, and the verdict
-  says "ok". Only a γ sweep (``llc_grid``) or a longer budget (smaller γ) shows it.
+  directions and biases λ̂ down, more the deeper the network and more at the generic point (whose
+  curvature is larger, so ε is smaller and γ, from the budget, larger). Measured on 8-8-8-8-8-8
+  generic (population): γ = 7.85, 3.92, 1.96 give −18%, −11%, 0%. The health check's
+  localization sensitivity, −(γ/2)Cov(nβL, ‖w − w*‖²), read +6%, +10%, +17% per halving of γ on
+  the raw draws; on detrended draws (what the health check now uses, so that a chain still
+  relaxing from w* does not pass its transient for a covariance) it reads about +1% at γ = 3.92:
+  the flag fires on 12-16-16-16-16-12 (+6-8%) but not on these cases, whose chains spend the whole
+  budget in one relaxation time 1/(εγ).
 - ε, on shallow networks at small γ: the chains spread along the flat directions into regions whose
   curvature is up to ~10× that at w* (measured: k = 4.2 at w*, 41 after burn-in for 20-15-20), so
-  an ε set from w* is too large there and λ̂ comes out high (+5 to +8%). Full-batch runs flag it
-  ("step size too large", acceptance 0.6–0.8).
-- minibatch acceptance: at the same ε and position, the MALA acceptance measured on a 256-row
-  batch reads 0.98–1.0 where the full-batch one reads 0.7–0.9 (the step mostly moves downhill
-  towards the batch's own minimum), so in minibatch mode the step-size warning stays silent: the
-  finite cases that match a flagged population case say "ok".
-- chain length: the rule spends the whole budget on one relaxation time (two relaxation times at
-  a larger γ measured worse: the γ bias outweighs the residual drift); on the 10⁴-parameter case
-  (15,000 steps on 2 cores) that forces γ = 10–15, and −7% / −13%. A GPU budget
-  (``--preset large``, untested: no GPU was lent when this was written) buys a smaller γ.
+  an ε set from w* is too large there and λ̂ comes out high. The estimated discretisation bias,
+  (ε/8)E[∇(nβL)·∇U] over the draws, sees that curvature and names it, in minibatch mode too (its
+  gradients are full-data ones at the draws), where the MALA acceptance on a 256-row batch read
+  0.98-1.0 whatever ε.
+- chain length: the rule spends the whole budget on one relaxation time; on the 10⁴-parameter case
+  (15,000 steps) that forces γ = 10-15, and −7% / −13%. A GPU budget (``--preset large``,
+  untested: no GPU was lent when this was written) buys a smaller γ.
 
 Usage: python -m benchmarks.llc_accuracy [--quick | --preset {quick,default,large}] [--calibrate]
-       [--no-devinterp] [--only SUBSTRING]
+       [--no-devinterp] [--only SUBSTRING] [--devinterp-only SUBSTRING] [--devinterp-steps N]
 """
 
 import argparse
@@ -152,7 +181,7 @@ PRESETS = {
             ((12, 16, 16, 16, 16, 12), 4),  # d = 1152, L = 5
             ((50, 50, 50, 50, 50), 10),  # d = 10⁴, L = 4
         ),
-        45_000,
+        90_000,
         1.5e8,
     ),
     # A GPU: the default cases with longer chains, and 4·10⁴ to 1.6·10⁵ parameters.
@@ -409,13 +438,8 @@ def curvature(case: Case) -> float:
     return case.curvature
 
 
-def settings_for(case: Case) -> LLCSettings:
-    """The settings rule (module docstring): ε from the curvature at w*, γ from the step budget.
-
-    One rule for every case, scaling with nβ, the curvature k* and the number of parameters d; a
-    calibration (``tmsjax.llc.calibrate``) replaces this function.
-    """
-    step_size = STEP_FRACTION / (case.nbeta * curvature(case))
+def _settings_at(case: Case, step_size: float) -> LLCSettings:
+    """γ from the step budget and the chain length from the relaxation time, at a given ε."""
     budget = max(MIN_STEPS, int(min(case.max_steps, case.param_steps / case.num_params)))
     localization = max(MIN_LOCALIZATION, RELAXATIONS / (step_size * budget))
     # κ relaxation times (= the budget unless γ sits at its floor), rounded up to 1000 steps so that
@@ -436,6 +460,15 @@ def settings_for(case: Case) -> LLCSettings:
         batch_size=case.batch_size,
         draw_loss="full",
     )
+
+
+def settings_for(case: Case) -> LLCSettings:
+    """The settings rule (module docstring): ε from the curvature at w*, γ from the step budget.
+
+    One rule for every case, scaling with nβ, the curvature k* and the number of parameters d; a
+    calibration (``tmsjax.llc.calibrate``) replaces this function.
+    """
+    return _settings_at(case, STEP_FRACTION / (case.nbeta * curvature(case)))
 
 
 def calibrated_settings_for(case: Case) -> LLCSettings:
@@ -566,7 +599,17 @@ def devinterp_estimate(case: Case, settings: LLCSettings, seed: int = 0) -> dict
 # Rows
 
 
-def estimate_case(case: Case, rule: Callable[[Case], LLCSettings], with_devinterp: bool) -> dict:
+def _nan_max(values) -> float:
+    values = np.asarray(values, dtype=float)
+    return float(np.max(values)) if np.all(np.isfinite(values)) else float("nan")
+
+
+def estimate_case(
+    case: Case,
+    rule: Callable[[Case], LLCSettings],
+    with_devinterp: bool,
+    devinterp_steps: int | None = None,
+) -> dict:
     start = time.perf_counter()
     settings = rule(case)
     settings_s = time.perf_counter() - start
@@ -592,6 +635,10 @@ def estimate_case(case: Case, rule: Callable[[Case], LLCSettings], with_devinter
         "verdict": verdict(result),
         "usable": bool(usable(result)),
         "acceptance": float(np.nanmean(np.asarray(result.diagnostics.acceptance))),
+        "step_bias": _nan_max(result.diagnostics.step_bias),
+        "localization_sensitivity": float(
+            np.asarray(result.diagnostics.localization_sensitivity)[0]
+        ),
         "curvature": case.curvature,
         "nbeta": settings.nbeta,
         "step_size": settings.step_size,
@@ -601,15 +648,28 @@ def estimate_case(case: Case, rule: Callable[[Case], LLCSettings], with_devinter
         "thinning": settings.thinning,
         "num_chains": settings.num_chains,
         "batch_size": settings.batch_size,
-        "baseline": "devinterp 1.3.2" if with_devinterp else "devinterp (unavailable)",
+        "baseline": "devinterp 1.3.2" if with_devinterp else "devinterp (not run)",
         "baseline_s": float("nan"),
         "ratio": float("nan"),
     }
     if with_devinterp:
-        theirs = devinterp_estimate(case, settings, seed=case.seed)
+        # devinterp runs the same ε, γ, nβ, chains, burn-in fraction and thinning; capped at
+        # `devinterp_steps` steps (its chains run one after another, ~10² times slower per step on
+        # CPU), with the same burn-in fraction. Its error is then that of the shorter chain, and the
+        # time ratio is per step.
+        theirs_settings = settings
+        if devinterp_steps is not None and devinterp_steps < settings.num_steps:
+            burnin = int(devinterp_steps * settings.num_burnin / settings.num_steps)
+            thinning = max(1, (devinterp_steps - burnin) // MAX_DRAWS)
+            theirs_settings = settings.replace(
+                num_steps=devinterp_steps, num_burnin=burnin, thinning=thinning
+            )
+        theirs = devinterp_estimate(case, theirs_settings, seed=case.seed)
+        per_step = theirs["seconds"] / theirs_settings.num_steps
         row.update(
             baseline_s=theirs["seconds"],
-            ratio=theirs["seconds"] / run_s,
+            baseline_steps=theirs_settings.num_steps,
+            ratio=per_step / (run_s / settings.num_steps),
             llc_baseline=theirs["llc"],
             rel_error_baseline=(theirs["llc"] - lam) / lam,
         )
@@ -664,6 +724,8 @@ def run(
     use_calibration: bool = False,
     devinterp: bool = True,
     only: str | None = None,
+    devinterp_only: str | None = None,
+    devinterp_steps: int | None = None,
 ) -> list[dict]:
     """Every case of the preset (``quick`` picks the quick one), then the summary rows."""
     name = preset or ("quick" if quick else "default")
@@ -682,7 +744,8 @@ def run(
     for case in cases_of(chosen):
         if only and only not in case.label:
             continue
-        row = estimate_case(case, rule, with_devinterp)
+        theirs = with_devinterp and (devinterp_only is None or devinterp_only in case.label)
+        row = estimate_case(case, rule, theirs, devinterp_steps)
         row["preset"] = name
         row["rule"] = "calibrate" if use_calibration else "settings_for"
         rows.append(row)
@@ -690,6 +753,7 @@ def run(
             f"{row['workload']:<40} d={row['params']:<6} λ={row['llc_exact']:<8.4g} "
             f"λ̂={row['llc']:.4g}±{row['stderr']:.2g} err={row['rel_error']:+.3f} "
             f"γ={row['localization']:.3g} steps={row['num_steps']} acc={row['acceptance']:.3f} "
+            f"bias={row['step_bias']:+.3f} half-γ={row['localization_sensitivity']:+.3f} "
             f"run={row['tmsjax_s']:.1f}s compile={row['compile_s']:.1f}s {row['verdict']}",
             flush=True,
         )
@@ -735,6 +799,12 @@ def main(argv=None) -> list[dict]:
     )
     parser.add_argument("--no-devinterp", action="store_true", help="skip devinterp even if there")
     parser.add_argument("--only", default=None, help="only cases whose label contains this")
+    parser.add_argument(
+        "--devinterp-only", default=None, help="run devinterp only on cases whose label has this"
+    )
+    parser.add_argument(
+        "--devinterp-steps", type=int, default=None, help="cap devinterp's chains at these steps"
+    )
     args = parser.parse_args(argv)
     rows = run(
         args.quick,
@@ -742,6 +812,8 @@ def main(argv=None) -> list[dict]:
         use_calibration=args.calibrate,
         devinterp=not args.no_devinterp,
         only=args.only,
+        devinterp_only=args.devinterp_only,
+        devinterp_steps=args.devinterp_steps,
     )
     cases = [r for r in rows if not r["kind"].startswith("summary")]
     summaries = [r for r in rows if r["kind"].startswith("summary")]
@@ -749,7 +821,10 @@ def main(argv=None) -> list[dict]:
     if not cases:
         return rows
     print()
-    columns = CASE_COLUMNS + (["llc_baseline", "baseline_s"] if "llc_baseline" in cases[0] else [])
+    with_baseline = any("llc_baseline" in case for case in cases)
+    columns = CASE_COLUMNS + (
+        ["llc_baseline", "baseline_steps", "baseline_s"] if with_baseline else []
+    )
     print_table(cases, columns)
     print()
     print_table(summaries, SUMMARY_COLUMNS)
