@@ -104,5 +104,5 @@ def test_smoke_one_family_without_llc(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_all_families_with_llc(tmp_path):
-    families = ["tms", "digits", "grokking", "legendre"]
+    families = ["tms", "digits", "grokking", "legendre", "transformer"]
     _check(_run(tmp_path, ",".join(families)), tmp_path, families)
