@@ -32,7 +32,9 @@ proxy, the free energy by perturbation, and the Hessian probes stand in for it (
 run, a 256-example subset, 4 Hutchinson probes, 8 Lanczos steps, 4 antithetic pairs). Measured on
 tms, digits, grokking and legendre: 235 CPU-seconds (user + sys), 11 min 40 s of wall clock on 2
 cores shared at load ~12 (the process got 27% of them); on 2 idle cores that is 2 min if the work
-spread over both, 4 min if it ran on one.
+spread over both, 4 min if it ran on one. The transformer adds 177 CPU-seconds (6 min of wall clock
+at load ~10; its training is 114 of them), so the five families take ~400 CPU-seconds: 3.3 to 6.6
+min on 2 idle cores.
 
 Run: ``python -m experiments.detect_transitions --out results/detect`` (cpu preset); ``--preset
 paper`` for a GPU; ``--smoke`` for a short check. Writes config.json, summary.json (``table``: the
