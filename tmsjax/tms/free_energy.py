@@ -125,7 +125,6 @@ def local_free_energies(
     if x.ndim != 2:
         raise ValueError(f"x must be (n_max, c), got shape {x.shape}")
     c = x.shape[1]
-    table = phase_labels(c)
     if not (math.isfinite(prior_std) and prior_std > 0):
         raise ValueError(f"prior_std must be positive and finite, got {prior_std!r}")
     if freeze_by not in ("phase", "vertices"):
@@ -134,6 +133,7 @@ def local_free_energies(
     freeze_size = np.broadcast_to(np.asarray(freeze_size, np.float64), (len(sizes),))
     if not (freeze_size > 0).all():
         raise ValueError(f"freeze_size must be positive (inf allowed), got {freeze_size.tolist()}")
+    table = phase_labels(c)  # after the checks: the first call builds the critical-point catalogue
     num_slots = int(np.bincount(x.argmax(axis=1), minlength=c).max())
     stats = sparse_limit_stats(x, sizes, num_slots=num_slots)
     classify_one = make_classifier(c, max_distance=math.inf)
