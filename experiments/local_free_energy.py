@@ -61,9 +61,17 @@ from tqdm.auto import tqdm
 
 from experiments import common
 from experiments.bayesian_transitions import dataset_rows
+from experiments.laplace_crossing import (
+    _laplace_all,
+    crossing,
+    dead_column_loss_change,
+    labelled_copies,
+)
 from tmsjax.results import ResultStore
+from tmsjax.tms.critical import critical_points
 from tmsjax.tms.free_energy import local_free_energies, occupancy_from_free_energies
-from tmsjax.tms.phases import phase_labels
+from tmsjax.tms.model import TMSParams, reconstruct
+from tmsjax.tms.phases import make_classifier, phase_labels
 
 NUM_FEATURES = 6
 PHASES = ("6", "5+", "5")
@@ -239,8 +247,6 @@ def empirical_dead_volume(x, n: int, W, b, dead: int, draws) -> float:
     b ≤ 0, of any length, included); the population version in ``laplace_crossing`` counts only
     short columns. On draw 0 the two agree within 0.2 nats (2.72 vs 2.89 at n = 300, 3.10 vs 3.09 at
     600), so the decomposition uses the cheaper population one."""
-    from tmsjax.tms.model import TMSParams, reconstruct
-    from tmsjax.tms.phases import make_classifier, phase_labels
 
     classify = make_classifier(NUM_FEATURES, max_distance=math.inf)
     five = phase_labels(NUM_FEATURES).index("5")
@@ -286,9 +292,6 @@ def decomposition_terms(x, n: int, dead_delta) -> dict:
 
     Their sum plus the leading order is the Laplace-plus-volume estimate ``laplace``.
     """
-    from experiments.laplace_crossing import _laplace_all, labelled_copies
-    from tmsjax.tms.critical import critical_points
-    from tmsjax.tms.model import TMSParams, reconstruct
 
     points = {p.label: p for p in critical_points(NUM_FEATURES)}
     rows = x[:n]
@@ -390,7 +393,6 @@ def sampled_crossings(folders) -> dict[int, dict]:
 def predicted_crossings(terms: dict, sizes, remainder_fit: dict) -> dict:
     """5 → 6 crossings of one draw: leading order (population), with this dataset's losses,
     Laplace-plus-volume, and Laplace-plus-volume plus the fitted remainder."""
-    from experiments.laplace_crossing import crossing
 
     n = np.asarray(sizes, np.float64)
     six, five = terms["6"], terms["5"]
@@ -459,8 +461,6 @@ def main(args) -> dict:
         occupancy_within_2se=float(np.mean(np.abs(all_z) <= 2)),
         max_abs_z=float(np.max(np.abs(all_z))),
     )
-    from experiments.laplace_crossing import dead_column_loss_change
-    from tmsjax.tms.critical import critical_points
 
     five = {p.label: p for p in critical_points(NUM_FEATURES)}["5"]
     with jax.enable_x64(True):
