@@ -742,20 +742,20 @@ def sampler_totals(sampler: str, per_n: list) -> dict:
 
 CROSSING_NOTE = (
     "The theoretical crossings come from the leading-order free energy F_n = nL + lambda log n + "
-    "c, c = |w*|^2/2 (docs/paper_numbers.md §5): 5->6 at n = 601 (445 without the constant c). The "
-    "posterior itself crosses earlier on most dataset draws, and that is not a sampler artefact: "
-    "tempered SMC from the prior (--sampler smc), which never needs a chain to cross between "
-    "phases, gives the same occupancies as NUTS. Measured phase by phase (python -m "
+    "c, c = |w*|^2/2 (docs/paper_numbers.md §5): 5->6 at n = 601 (445 without the constant c). "
+    "The posterior itself crosses earlier on most dataset draws, and that is not a sampler "
+    "artefact: tempered SMC from the prior (--sampler smc), which never needs a chain to cross "
+    "between phases, gives the same occupancies as NUTS. Measured phase by phase (python -m "
     "experiments.local_free_energy: F_alpha by tempered SMC with phases frozen above n = 100, "
     "reproducing the sampled occupancies), the gap F_alpha - [nL + lambda log n] at n = 500 is, "
     "6-gon / 5-gon in nats: data loss at the best copy -0.1 / -2.2, prior |w*|^2/2 +6.4 / +3.6, "
-    "MAP shift -0.7 / -0.2, Hessian of the curved directions -8.9 / -6.1, rotation orbit "
-    "-3.0 / -2.8, labelled copies -4.8 / -3.8, dead column volume 0 / +3.0, remainder -1.3 / "
-    "-2.9 (the Laplace estimate misses by the remainder: -1 to -3 nats for the 6-gon, -0.3 "
-    "to -6 for the 5-gon over 4 draws). Near n = 500 one nat moves n_c by ~50. The dataset matters too: at finite n the "
-    "5-gon picks the dead feature whose samples cost least, the data's share of the 6-vs-5 "
-    "log-odds ranges from -1 to -6.5 nats, and the crossing moves by ~100 between dataset draws "
-    "(use --dataset-seeds; docs/paper_numbers.md §5)."
+    "MAP shift -0.7 / -0.2, Hessian of the curved directions -8.9 / -6.1, rotation orbit -3.0 / "
+    "-2.8, labelled copies -4.8 / -3.8, dead column volume 0 / +3.0, remainder -1.3 / -2.9 (the "
+    "Laplace estimate misses by the remainder: -1 to -3 nats for the 6-gon, -0.3 to -6 for the "
+    "5-gon over 4 draws). Near n = 500 one nat moves n_c by ~50. The dataset matters too: at "
+    "finite n the 5-gon picks the dead feature whose samples cost least, the data's share of the "
+    "6-vs-5 log-odds ranges from -1 to -6.5 nats, and the crossing moves by ~100 between dataset "
+    "draws (use --dataset-seeds; docs/paper_numbers.md §5)."
 )
 
 
