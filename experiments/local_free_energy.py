@@ -46,8 +46,15 @@ remainder −1.32 ± 0.26 / −2.91 ± 0.11 nats. The remainder resists: −0.8 
 measured draws (3/11); the issue's 10/12 within 30 is not reached.
 
 Usage:
-  python -m experiments.local_free_energy --out results/local_fe            # CPU, ~2 min
-  python -m experiments.local_free_energy --out results/local_fe --preset paper
+  # CPU: one draw, n = 300, 500, 700: 60 s on 2 cores at load average 5-8
+  python -m experiments.local_free_energy --out results/local_fe
+  # the issue's check and predictor (4 draws x 6 n, ~70 min on 2 busy cores), scored on 12 draws:
+  python -m experiments.bayesian_transitions --out results/bayes_seeds \
+      --dataset-seeds 0,1,2,3,4,5,6,7,8,9,10,11 --sizes 250,350,450,550,650,800 \
+      --num-warmup 200 --num-samples 300 --block-sizes 6
+  python -m experiments.local_free_energy --out results/local_fe_paper --preset paper \
+      --from results/bayes_seeds
+  (the numbers below: draws 0-2 came from a run with 13 sizes up to n = 900, so other datasets)
 """
 
 import math
