@@ -2,7 +2,8 @@
 
 Runs, in order, the critical-point catalogue, SGD plateaus and the developmental animation, λ̂ at
 critical points and along training, the Bayesian phase transitions (c = 6, then the paper's c = 5
-and c = 4 sweeps over n = 100..600 in folders of their own), and the transition detectors;
+and c = 4 sweeps over n = 100..600 in folders of their own), the local free energies per phase
+that account for where the posterior crosses, and the transition detectors;
 then writes ``DIR/report.md`` with each figure and the key numbers next to the paper's, and
 ``DIR/summary.json`` with the same numbers for programs.
 
@@ -48,6 +49,7 @@ EXPERIMENTS = [
         {},
         {"sizes": "250,350,450,550,650,800", "num_warmup": 300, "num_samples": 300},
     ),
+    ("local_free_energy", {}, {}),
     ("detect_transitions", {}, {}),
 ]
 # Settings every preset gets, per experiment: at the paper preset bayesian_transitions would
