@@ -64,6 +64,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import logsumexp
 from tqdm.auto import tqdm
 
 from experiments import common
@@ -343,7 +344,9 @@ def decomposition_terms(x, n: int, dead_delta) -> dict:
             multiplicity_loglog=0.0,
         )
         if label == "5":
-            terms["dead_column_volume"] = -float(np.log(np.mean(np.exp(-n * dead_delta))))
+            # log-mean-exp: a plain mean of e^{−nΔ} underflows once every nΔ exceeds ~745.
+            log_mean = logsumexp(-n * np.asarray(dead_delta)) - math.log(np.size(dead_delta))
+            terms["dead_column_volume"] = -float(log_mean)
         out[label] = dict(
             leading_order=leading,
             laplace=leading + sum(terms.values()),

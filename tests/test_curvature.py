@@ -104,6 +104,12 @@ def test_along_training_matches_one_checkpoint_and_takes_per_run_data(key):
             lambda k: curvature.perturbation_free_energy(k, _quadratic, _point(), None, sigma=0.0),
             "sigma",
         ),
+        (
+            lambda k: curvature.perturbation_free_energy(
+                k, _quadratic, _point(), None, sigma=float("inf")
+            ),
+            "sigma",
+        ),
         (lambda k: curvature.hutchinson_trace(k, _quadratic, {"a": jnp.arange(3)}, None), "params"),
         (
             lambda k: curvature.curvature_along_training(k, _quadratic, _point(), None),

@@ -98,6 +98,17 @@ def test_bad_input_names_the_argument():
     args = (jax.random.key(0), sample_prior, logprior, loglikelihood, region, jnp.ones(1))
     with pytest.raises(ValueError, match="freeze_beta"):
         evidence.local_log_evidence(*args, [0, 1], -1.0)
+    with pytest.raises(ValueError, match="freeze_beta"):  # one per target, or one for all
+        evidence.local_log_evidence(
+            jax.random.key(0),
+            sample_prior,
+            logprior,
+            loglikelihood,
+            region,
+            jnp.ones((2, 1)),
+            [0, 1],
+            [0.1, 0.2, 0.3],
+        )
     with pytest.raises(ValueError, match="num_particles"):
         evidence.local_log_evidence(*args, [0], 0.0, num_particles=0)
     with pytest.raises(ValueError, match="regions"):

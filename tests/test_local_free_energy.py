@@ -38,8 +38,8 @@ def test_bad_input_names_the_argument():
 @pytest.mark.slow
 def test_frozen_phases_reproduce_the_reference_occupancies():
     """At n = 300 (5- and 6-gon both present) the softmax of the measured −F_α matches plain
-    tempered SMC's occupancies within 3 combined standard errors, and F_α is a prior-normalised
-    free energy: e^{−F} summed over all phases is the evidence."""
+    tempered SMC's occupancies within 3 combined standard errors, and freezing leaves the
+    whole evidence where plain tempered SMC puts it."""
     from experiments.bayesian_transitions import dataset_rows
     from experiments.local_free_energy import reference_occupancy
 
@@ -59,8 +59,11 @@ def test_frozen_phases_reproduce_the_reference_occupancies():
         assert np.isfinite(result.free_energy[0, a])
         z = (p[0, a] - ref[0, a]) / math.hypot(p_se[0, a], ref_se[0, a])
         assert abs(z) < 3, (label, p[0, a], ref[0, a], p_se[0, a], ref_se[0, a])
-    total = -np.log(np.sum(np.exp(-result.free_energy[0][np.isfinite(result.free_energy[0])])))
-    assert abs(-total - result.evidence.log_total[0]) < 1e-6
+    # Freezing the phases must not change the whole evidence: the frozen run's log Z against plain
+    # tempered SMC's (independent replicates), within 3 combined standard errors.
+    log_z, log_z_se = result.evidence.log_total, result.evidence.total_error
+    z = (log_z[0] - log_z[1]) / math.hypot(log_z_se[0], log_z_se[1])
+    assert abs(z) < 3, (log_z, log_z_se)
 
 
 @pytest.mark.slow

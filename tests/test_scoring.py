@@ -107,6 +107,12 @@ def test_selection_score_charges_false_alarms_beyond_the_budget():
             lambda: scoring.bootstrap(scoring.run_counts([[1]], [[1]], WINDOW, 0.1), [0], level=2),
             "level",
         ),
+        (
+            lambda: scoring.bootstrap(
+                scoring.run_counts([[1]], [[1]], WINDOW, 0.1), [0], num_resamples=2000.5
+            ),
+            "num_resamples",
+        ),
     ],
 )
 def test_bad_inputs_raise_value_error(call, name):

@@ -82,7 +82,7 @@ ESCAPE_FRACTION = 0.1
 #: Drift needs a z-score above this. The standard error uses an estimated autocorrelation time,
 #: itself noisy (and biased low when the chain's half is only a few autocorrelation times long),
 #: so z has heavier tails than a normal's: 5 keeps false alarms rare (tests/test_llc.py measures
-#: them on AR(1) chains with autocorrelation times up to a tenth of the half).
+#: them on AR(1) chains with autocorrelation times up to a fifth of the half).
 DRIFT_Z = 5.0
 #: ...and a size above this fraction of the chain's λ̂ (or 0.1 absolute): drifts that matter.
 DRIFT_RELATIVE = 0.1
@@ -404,7 +404,8 @@ def problem_counts(result) -> dict[str, int]:
 
     Returns:
       ``{"total", "ok" (no problem in any chain), "non-finite", "escaped", "drifting",
-      "step size too large", "usable", "excluded" (not usable)}``, JSON-ready ints.
+      "step size too large", "localization-limited", "usable", "excluded" (not usable)}``,
+      JSON-ready ints.
     """
     masks = {name: np.any(mask, axis=-1) for name, mask in _problem_masks(result).items()}
     is_usable = np.asarray(usable(result))

@@ -170,7 +170,13 @@ def local_log_evidence(
     if not regions:
         raise ValueError("regions must name at least one region id")
     num_targets = jax.tree.leaves(data)[0].shape[0]
-    freeze_beta = np.broadcast_to(np.asarray(freeze_beta, np.float64), (num_targets,))
+    freeze_beta = np.asarray(freeze_beta, np.float64)
+    if freeze_beta.ndim > 1 or freeze_beta.size not in (1, num_targets):
+        raise ValueError(
+            f"freeze_beta must be one value or one per target ({num_targets}), got shape "
+            f"{freeze_beta.shape}"
+        )
+    freeze_beta = np.broadcast_to(freeze_beta, (num_targets,))
     if np.isnan(freeze_beta).any() or (freeze_beta < 0).any():
         raise ValueError(f"freeze_beta must be ≥ 0 (inf allowed), got {freeze_beta.tolist()}")
     grid = num_targets * num_replicates

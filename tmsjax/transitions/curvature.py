@@ -145,8 +145,8 @@ def _check_settings(num_probes, num_iterations, num_samples, sigma):
     check_positive_int("num_probes", num_probes)
     check_positive_int("num_iterations", num_iterations)
     check_positive_int("num_samples", num_samples)
-    if not isinstance(sigma, jax.core.Tracer) and not float(sigma) > 0:
-        raise ValueError(f"sigma must be positive, got {sigma!r}")
+    if not isinstance(sigma, jax.core.Tracer) and not (0 < float(sigma) < float("inf")):
+        raise ValueError(f"sigma must be positive and finite, got {sigma!r}")
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "num_probes"))

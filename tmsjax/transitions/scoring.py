@@ -199,8 +199,13 @@ def bootstrap(
     """
     if not (0 < level < 1):
         raise ValueError(f"level must lie in (0, 1), got {level!r}")
-    if isinstance(num_resamples, bool) or int(num_resamples) < 10:
+    if (
+        isinstance(num_resamples, bool)
+        or int(num_resamples) != num_resamples
+        or int(num_resamples) < 10
+    ):
         raise ValueError(f"num_resamples must be an integer of at least 10, got {num_resamples!r}")
+    num_resamples = int(num_resamples)
     live, null = _split_live(counts, is_null)
     rng = np.random.default_rng(seed)
     live_rows = np.flatnonzero(live)
