@@ -215,6 +215,7 @@ def _detect_transitions(summary):
                 f"{alarms['value']:.2f} false alarms per null run; loss-only {loss_f1:.2f}",
             )
         )
+    rows.append(("note", summary["findings"], None, ""))  # the verdict per family, in words
     return rows
 
 
