@@ -68,8 +68,17 @@ def test_llc_along_training_on_a_mesh_equals_unsharded():
     sharded = llc_along_training(
         key, _quadratic_loss, centers, data, settings, mesh=sharding.grid_mesh(), **kwargs
     )
-    # One cell per vmap lane on both paths (cell_batch=1): the same program per cell, so bitwise.
-    for want, got in zip(jax.tree.leaves(expected), jax.tree.leaves(sharded), strict=True):
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # One cell per vmap lane on both paths (cell_batch=1): the same chains per cell, so the draws
+    # and λ̂ are bitwise equal. The float diagnostics reduce over draws (sums, covariances), whose
+    # order XLA may fuse differently in the sharded program: last bits only.
+    pairs = zip(
+        jax.tree_util.tree_leaves_with_path(expected), jax.tree.leaves(sharded), strict=True
+    )
+    for (path, want), got in pairs:
+        name = jax.tree_util.keystr(path)
+        if name.startswith(".diagnostics") and jnp.issubdtype(want.dtype, jnp.floating):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, err_msg=name)
+        else:
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=name)
     assert sharded.llc.shape == (3, 3)
     assert len(np.unique(np.asarray(sharded.llc))) == 9  # no cell dropped or repeated
