@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from experiments import common, report
-from experiments.reproduce import EXPERIMENTS
+from experiments.reproduce import EXPERIMENTS, FIXED
 
 
 def _reproduce(out, *extra):
@@ -47,6 +47,7 @@ def test_every_experiment_accepts_the_reproduction_settings(tmp_path, preset):
     for name, inputs, cpu_settings in EXPERIMENTS:
         module = importlib.import_module(f"experiments.{name}")
         overrides = {key: value.replace("{root}", str(tmp_path)) for key, value in inputs.items()}
+        overrides.update(FIXED.get(name, {}))
         if preset == "cpu":
             overrides.update(cpu_settings)
         args = common.configure(module, tmp_path / name, preset=preset, **overrides)
