@@ -106,6 +106,18 @@ def test_developmental_stages_refuses_llc_of_another_ensemble(
         assert llc is None and "no λ̂" in note
 
 
+def test_llc_critical_points_smoke_with_the_papers_settings(tmp_path):
+    # The reproduction's path (the paper's hand-set ε); the calibrated default is tested below.
+    run_module("llc_critical_points", "--out", tmp_path, "--smoke", "--no-calibrate")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [row["label"] for row in summary["table"]] == ["6", "5+", "5"]
+    assert {"llc_n50", "verdict_n100", "llc_population"} <= set(summary["table"][0])
+    assert summary["settings"]["calibrated"] is False
+    assert summary["settings"]["step_sizes"]["100"] == pytest.approx(1e-3)
+    assert (tmp_path / "llc_critical_points.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
 def test_llc_critical_points_smoke(tmp_path):
     run_module("llc_critical_points", "--out", tmp_path, "--smoke")
     summary = json.loads((tmp_path / "summary.json").read_text())

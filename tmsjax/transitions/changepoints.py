@@ -273,7 +273,7 @@ def detect_changepoints_penalties(
         raise ValueError(f"signal must be one of {SIGNALS}, got {signal!r}")
     penalties = [float(p) for p in np.atleast_1d(np.asarray(penalties, dtype=float))]
     if not penalties or not all(p > 0 for p in penalties):
-        raise ValueError(f"penalties must be one or more positive values, got {penalties!r}")
+        raise ValueError(f"penalty must be positive (one or more values), got {penalties!r}")
     num_points = _check_num_points(num_points, minimum=8)
     if int(min_size) < 1:
         raise ValueError(f"min_size must be a positive integer, got {min_size!r}")
