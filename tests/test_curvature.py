@@ -78,6 +78,19 @@ def test_free_energy_by_perturbation_is_sigma_squared_trace_over_two(key):
     assert abs(estimate - sigma**2 * spectrum.sum() / 2) < 4 * standard_error
 
 
+def test_sigma_is_traced_a_new_sigma_does_not_recompile(key):
+    hessian, _ = _hessian()
+    data = _data(hessian)
+    compiled = curvature._perturbation_jit._cache_size()
+    values = [
+        float(curvature.perturbation_free_energy(key, _quadratic, _point(), data, sigma=s))
+        for s in (0.1, 0.2)
+    ]
+    # Same key, same ξ: a quadratic's pair mean is ½σ²ξᵀHξ, so doubling σ quadruples it exactly.
+    np.testing.assert_allclose(values[1], 4 * values[0], rtol=1e-4)
+    assert curvature._perturbation_jit._cache_size() <= compiled + 1
+
+
 def test_along_training_matches_one_checkpoint_and_takes_per_run_data(key):
     hessian, spectrum = _hessian()
     data = _data(hessian)

@@ -541,11 +541,21 @@ def score_detections(
         [sum(match_events(d, t, tau) for d, t in zip(detected, true)) for tau in tolerances],
         dtype=float,
     )
-    precision = matched / num_detected if num_detected else np.zeros_like(matched)
-    recall = matched / num_true if num_true else np.zeros_like(matched)
+    precision, recall, f1 = pooled_f1(matched, num_detected, num_true)
+    return Scores(tolerances, precision, recall, f1, matched, num_detected, num_true)
+
+
+def pooled_f1(matched, num_detected, num_true) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Precision :math:`M/|D|`, recall :math:`M/|T|` and :math:`F_1 = 2PR/(P + R)` from pooled
+    counts (arrays broadcast); 0 where a denominator is 0 (no detections: nothing is right)."""
+    matched = np.asarray(matched, dtype=float)
+    num_detected = np.asarray(num_detected, dtype=float)
+    num_true = np.asarray(num_true, dtype=float)
+    precision = np.where(num_detected > 0, matched / np.maximum(num_detected, 1), 0.0)
+    recall = np.where(num_true > 0, matched / np.maximum(num_true, 1), 0.0)
     total = precision + recall
     f1 = np.where(total > 0, 2 * precision * recall / np.where(total > 0, total, 1.0), 0.0)
-    return Scores(tolerances, precision, recall, f1, matched, num_detected, num_true)
+    return precision, recall, f1
 
 
 def false_positives_per_run(detected: Sequence) -> float:
@@ -566,6 +576,7 @@ __all__ = [
     "detect_changepoints_penalties",
     "detect_slope_sign_changes",
     "evenly_spaced",
+    "pooled_f1",
     "random_events",
     "match_events",
     "score_detections",

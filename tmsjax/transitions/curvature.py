@@ -191,7 +191,6 @@ def top_eigenvalue(
     return _lanczos(key, loss, flat, num_iterations)
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "sigma", "num_samples"))
 def perturbation_free_energy(
     key: PRNGKey,
     loss_fn: Callable,
@@ -219,13 +218,16 @@ def perturbation_free_energy(
       The mean loss increase (a scalar).
     """
     _check_settings(1, 1, num_samples, sigma)
+    return _perturbation_jit(key, loss_fn, params, data, sigma, num_samples)
+
+
+# σ is traced (a new σ does not recompile); it is checked before the jit, where it is a number.
+@functools.partial(jax.jit, static_argnames=("loss_fn", "num_samples"))
+def _perturbation_jit(key, loss_fn, params, data, sigma, num_samples):
     flat, loss = _flat_loss(loss_fn, params, data)
     return _free_energy(key, loss, flat, sigma, num_samples)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("loss_fn", "sigma", "num_probes", "num_iterations", "num_samples")
-)
 def curvature_probes(
     key: PRNGKey,
     loss_fn: Callable,
@@ -247,6 +249,13 @@ def curvature_probes(
       :class:`CurvatureProbes`.
     """
     _check_settings(num_probes, num_iterations, num_samples, sigma)
+    return _probes_jit(key, loss_fn, params, data, sigma, num_probes, num_iterations, num_samples)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("loss_fn", "num_probes", "num_iterations", "num_samples")
+)
+def _probes_jit(key, loss_fn, params, data, sigma, num_probes, num_iterations, num_samples):
     flat, loss = _flat_loss(loss_fn, params, data)
     key_trace, key_top, key_free = jax.random.split(key, 3)
     return CurvatureProbes(
@@ -317,7 +326,7 @@ def curvature_along_training(
     )
 
 
-@functools.partial(jax.jit, static_argnums=(1, 4, 5, 6, 7, 8, 9))
+@functools.partial(jax.jit, static_argnums=(1, 4, 6, 7, 8, 9))
 def _along(
     key,
     loss_fn,
@@ -338,15 +347,8 @@ def _along(
 
     def one(cell_key, params, run):
         cell_data = jax.tree.map(lambda x: x[run], data) if data_per_run else data
-        return curvature_probes(
-            cell_key,
-            loss_fn,
-            params,
-            cell_data,
-            sigma=sigma,
-            num_probes=num_probes,
-            num_iterations=num_iterations,
-            num_samples=num_samples,
+        return _probes_jit(
+            cell_key, loss_fn, params, cell_data, sigma, num_probes, num_iterations, num_samples
         )
 
     batch = cells if cell_batch is None else min(cell_batch, cells)

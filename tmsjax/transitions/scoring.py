@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from tmsjax.transitions.changepoints import Detection, match_events
+from tmsjax.transitions.changepoints import Detection, match_events, pooled_f1
 
 #: Metrics of :func:`summarise` and :func:`bootstrap`, in order.
 METRICS = ("f1", "precision", "recall", "covering", "false_alarms_per_null_run")
@@ -147,11 +147,7 @@ def run_counts(
 
 def _metrics(matched, detected, true, cover, null_detected) -> np.ndarray:
     """Every metric from pooled sums; the leading axes of the inputs (resamples) are kept."""
-    matched, detected, true = matched.sum(-1), detected.sum(-1), true.sum(-1)
-    precision = np.where(detected > 0, matched / np.maximum(detected, 1), 0.0)
-    recall = np.where(true > 0, matched / np.maximum(true, 1), 0.0)
-    total = precision + recall
-    f1 = np.where(total > 0, 2 * precision * recall / np.where(total > 0, total, 1.0), 0.0)
+    precision, recall, f1 = pooled_f1(matched.sum(-1), detected.sum(-1), true.sum(-1))
     cover = cover.mean(-1) if cover.shape[-1] else np.full(f1.shape, np.nan)
     alarms = null_detected.mean(-1) if null_detected.shape[-1] else np.full(f1.shape, np.nan)
     return np.stack([f1, precision, recall, cover, alarms], axis=-1)
