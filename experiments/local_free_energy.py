@@ -65,6 +65,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.special import logsumexp
+from scipy.stats import norm
 from tqdm.auto import tqdm
 
 from experiments import common
@@ -123,6 +124,13 @@ def add_arguments(parser):
         "--freeze-size", type=float, default=None, help="phases freeze at beta*n = this"
     )
     parser.add_argument(
+        "--freeze-by",
+        choices=("vertices", "phase"),
+        default="vertices",
+        help="what no move may change above the freeze: the hull-vertex count (5 and 5+ stay "
+        "connected: the dead bias crossing 0 is a flat direction, no barrier) or the phase label",
+    )
+    parser.add_argument(
         "--predict-sizes",
         default="250,350,450,550,650,800",
         help="n grid on which the predicted 6-vs-5 log-odds are solved for the crossing",
@@ -176,6 +184,7 @@ def measure_draw(seed: int, sizes, args) -> dict:
         freeze_size=freeze,
         num_particles=args.particles,
         num_replicates=args.replicates,
+        freeze_by=args.freeze_by,
     )
     seconds = time.perf_counter() - begin
     k = len(sizes)
@@ -191,7 +200,19 @@ def measure_draw(seed: int, sizes, args) -> dict:
         log_total=result.evidence.log_total,
         num_steps=result.evidence.num_steps,
         seconds=np.asarray(seconds),
+        freeze_by=np.asarray(args.freeze_by),
+        particles=np.asarray(args.particles),
+        replicates=np.asarray(args.replicates),
     )
+
+
+def _same_run(arrays, sizes, args) -> bool:
+    """Whether a saved draw was measured with these sizes and SMC settings (else it is re-run)."""
+    if arrays is None or list(arrays["sizes"]) != list(sizes):
+        return False
+    saved = {k: arrays[k].item() for k in ("freeze_by", "particles", "replicates") if k in arrays}
+    wanted = dict(freeze_by=args.freeze_by, particles=args.particles, replicates=args.replicates)
+    return all(saved.get(k, "phase" if k == "freeze_by" else None) == v for k, v in wanted.items())
 
 
 def reference_occupancy(share) -> tuple[np.ndarray, np.ndarray]:
@@ -224,6 +245,74 @@ def occupancy_check(arrays: dict, labels) -> dict:
                 )
             )
     return dict(rows=rows, max_abs_z=float(np.max(np.abs([r["z"] for r in rows]))))
+
+
+def occupancy_statistics(rows) -> dict:
+    r"""The occupancy check's z scores against chance.
+
+    Even exact free energies leave :math:`|z| > 2` in about 4.6% of comparisons (more with
+    standard errors from 8 replicates, whose z is closer to a t with 7 degrees of freedom), so
+    "every comparison within 2 se" is a statement about the largest of many z scores: it is judged
+    against the Bonferroni threshold :math:`\Phi^{-1}(1 - 0.025/m)` of m comparisons, and the mean
+    of z² (1 for calibrated errors, well above 1 for a biased estimator). Rows where both sides are
+    exactly 0 (no particle in the phase either way) carry no information and are left out.
+    """
+    z = np.array(
+        [r["z"] for r in rows if r["predicted_se"] > 0 or r["reference_se"] > 0], np.float64
+    )
+    m = int(z.size)
+    return dict(
+        comparisons=m,
+        beyond_2se=int(np.sum(np.abs(z) > 2)),
+        expected_beyond_2se_if_exact=float(m * 2 * norm.sf(2)),
+        max_abs_z=float(np.max(np.abs(z))) if m else float("nan"),
+        bonferroni_threshold=float(norm.isf(0.025 / m)) if m else float("nan"),
+        mean_z_squared=float(np.mean(z**2)) if m else float("nan"),
+    )
+
+
+def crossing_with_error(sizes, log_odds, standard_error) -> tuple[float, float]:
+    """The first upward zero of the 6-vs-5 log-odds (linear interpolation) and its error: the
+    log-odds' error at the crossing over their slope there (NaN when they never cross)."""
+    for i in range(len(sizes) - 1):
+        a, b = log_odds[i], log_odds[i + 1]
+        if a <= 0 < b:
+            n0, n1 = sizes[i], sizes[i + 1]
+            t = -a / (b - a)
+            error = (1 - t) * standard_error[i] + t * standard_error[i + 1]
+            return float(n0 + t * (n1 - n0)), float(error * (n1 - n0) / (b - a))
+    return float("nan"), float("nan")
+
+
+def draw_crossings(arrays: dict, labels) -> dict:
+    r"""The 5 → 6 crossing of one measured draw two ways: from the local free energies
+    (:math:`F_5 - F_6`) and from plain tempered SMC's occupancies (:math:`\log p_6/p_5`)."""
+    six, five = labels.index("6"), labels.index("5")
+    sizes = [int(n) for n in arrays["sizes"]]
+    F, se = arrays["free_energy"], arrays["standard_error"]
+    measured = crossing_with_error(sizes, F[:, five] - F[:, six], np.hypot(se[:, five], se[:, six]))
+    share = np.asarray(arrays["reference_share"], np.float64)  # (sizes, regions, replicates)
+    with np.errstate(divide="ignore"):
+        odds = np.log(share[:, six]) - np.log(share[:, five])  # (sizes, replicates)
+    mean_share = share.mean(-1)
+    with np.errstate(divide="ignore"):
+        reference_odds = np.log(mean_share[:, six]) - np.log(mean_share[:, five])
+    # A replicate with no particle in a phase has infinite odds: the error comes from the others
+    # (infinite where fewer than two are finite).
+    count = np.sum(np.isfinite(odds), axis=-1)
+    finite = np.where(np.isfinite(odds), odds, 0.0)
+    mean = finite.sum(-1) / np.maximum(count, 1)
+    spread = np.sum(np.where(np.isfinite(odds), (finite - mean[:, None]) ** 2, 0.0), axis=-1)
+    odds_se = np.where(
+        count > 1, np.sqrt(spread / np.maximum(count - 1, 1) / np.maximum(count, 1)), np.inf
+    )
+    reference = crossing_with_error(sizes, reference_odds, odds_se)
+    return dict(
+        measured=measured[0],
+        measured_se=measured[1],
+        reference=reference[0],
+        reference_se=reference[1],
+    )
 
 
 # --- item 2: the decomposition -------------------------------------------------------------------
@@ -441,7 +530,7 @@ def main(args) -> dict:
     for seed in bar:
         name = f"draw_{seed:02d}"
         arrays = store.load_arrays(name)
-        if arrays is None or list(arrays["sizes"]) != sizes:
+        if not _same_run(arrays, sizes, args):
             arrays = measure_draw(seed, sizes, args)
             store.save_arrays(name, **arrays)  # written as it goes: a re-run resumes
         check_draw = occupancy_check(arrays, labels)
@@ -457,10 +546,12 @@ def main(args) -> dict:
                 for label in PHASES
             },
             occupancy_check=check_draw,
+            crossing=draw_crossings(arrays, labels),
             seconds=float(arrays["seconds"]),
         )
     bar.close()
-    all_z = [r["z"] for d in per_draw.values() for r in d["occupancy_check"]["rows"]]
+    all_rows = [r for d in per_draw.values() for r in d["occupancy_check"]["rows"]]
+    all_z = [r["z"] for r in all_rows]
     summary = dict(
         question="Do measured local free energies exp(-F_alpha) reproduce the sampled occupancies?",
         sizes=sizes,
@@ -470,6 +561,7 @@ def main(args) -> dict:
         per_draw=per_draw,
         occupancy_within_2se=float(np.mean(np.abs(all_z) <= 2)),
         max_abs_z=float(np.max(np.abs(all_z))),
+        occupancy_statistics=occupancy_statistics(all_rows),
     )
 
     five = {p.label: p for p in critical_points(NUM_FEATURES)}["5"]
@@ -513,8 +605,9 @@ def main(args) -> dict:
     if args.from_dir:
         grid = [int(v) for v in args.predict_sizes.split(",")]
         crossings = {}
+        sampled_all = sampled_crossings(args.from_dir.split(","))
         for seed, sampled in tqdm(
-            sampled_crossings(args.from_dir.split(",")).items(),
+            sampled_all.items(),
             desc="predicted crossings",
             disable=not args.progress,
         ):
@@ -542,9 +635,38 @@ def main(args) -> dict:
         summary["crossings"] = crossings
         summary["predict_sizes"] = args.predict_sizes
         summary["crossing_scores"] = crossing_scores(crossings)
+        summary["crossing_resolution"] = crossing_resolution(per_draw, sampled_all, max(sizes))
     store.write_summary(summary)
     figures(store, summary, labels)
     return summary
+
+
+def crossing_resolution(per_draw: dict, sampled: dict, n_max: int) -> dict:
+    """How precisely a crossing is known: on the measured draws that are the very datasets of the
+    ``--from`` runs (same seed and largest n), the sampled crossing (replica exchange) beside plain
+    tempered SMC's and the local free energies' crossings."""
+    rows = {}
+    for seed, draw in per_draw.items():
+        run = sampled.get(int(seed))
+        if run is None or run["n_max"] != n_max:
+            continue
+        rows[seed] = dict(sampled=run["sampled"], **draw["crossing"])
+    if not rows:
+        return dict(draws={}, note=f"no --from run has these datasets (largest n {n_max})")
+
+    def misses(key):
+        return np.array([v[key] - v["sampled"] for v in rows.values()], np.float64)
+
+    out = dict(draws=rows)
+    for key in ("reference", "measured"):
+        miss = misses(key)
+        ok = np.isfinite(miss)
+        out[f"{key}_minus_sampled"] = dict(
+            mean_abs=float(np.mean(np.abs(miss[ok]))) if ok.any() else None,
+            within_30=int(np.sum(np.abs(miss[ok]) <= 30)),
+            draws=int(ok.sum()),
+        )
+    return out
 
 
 def crossing_scores(crossings: dict) -> dict:
@@ -623,6 +745,31 @@ def figures(store: ResultStore, summary: dict, labels) -> None:
 
     if "crossings" not in summary:
         return
+    resolution = summary["crossing_resolution"]["draws"]
+    if resolution:
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        sampled = np.array([v["sampled"] for v in resolution.values()])
+        for key, marker, name in (
+            ("reference", "o", "plain tempered SMC"),
+            ("measured", "s", "local free energies"),
+        ):
+            ax.errorbar(
+                sampled,
+                [v[key] for v in resolution.values()],
+                yerr=[v[f"{key}_se"] for v in resolution.values()],
+                fmt=marker,
+                ms=4,
+                capsize=2,
+                label=name,
+            )
+        lo, hi = np.nanmin(sampled) - 50, np.nanmax(sampled) + 50
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.fill_between([lo, hi], [lo - 30, hi - 30], [lo + 30, hi + 30], color="grey", alpha=0.2)
+        ax.set_xlabel("sampled 5 → 6 crossing (replica exchange)")
+        ax.set_ylabel("crossing on the same dataset")
+        ax.set_title("how well is the sampled crossing known? (band: ±30)", fontsize=9)
+        ax.legend(fontsize=7)
+        store.save_figure("crossing_resolution", fig)
     crossings = summary["crossings"]
     sampled = np.array([v["sampled"] for v in crossings.values()])
     fig, ax = plt.subplots(figsize=(5.5, 5))

@@ -171,6 +171,31 @@ def _local_free_energy(summary):
             f"max |z| {summary['max_abs_z']:.2f}; target 1.0",
         )
     ]
+    stats = summary.get("occupancy_statistics")
+    if stats:
+        rows.append(
+            (
+                "occupancy check against chance: mean z² (1 when the errors are right)",
+                stats["mean_z_squared"],
+                None,
+                f"{stats['beyond_2se']} of {stats['comparisons']} beyond 2 se "
+                f"({stats['expected_beyond_2se_if_exact']:.1f} expected for exact free energies); "
+                f"max |z| {stats['max_abs_z']:.2f} vs {stats['bonferroni_threshold']:.2f} "
+                f"(Bonferroni, {stats['comparisons']} comparisons)",
+            )
+        )
+    for seed, draw in summary["per_draw"].items():
+        crossing = draw.get("crossing")
+        if crossing:
+            rows.append(
+                (
+                    f"n_c 5 → 6 from the local free energies, dataset draw {seed}",
+                    crossing["measured"],
+                    crossing["measured_se"],
+                    f"plain tempered SMC: {crossing['reference']:.0f} ± "
+                    f"{crossing['reference_se']:.0f}",
+                )
+            )
     sizes = summary["sizes"]
     seed, middle = next(iter(summary["decomposition"])), len(sizes) // 2
     for label, terms in summary["decomposition"][seed].items():

@@ -23,6 +23,30 @@ def test_occupancy_is_a_softmax_with_delta_method_errors():
     assert np.allclose(p_se[0, :3], spread, rtol=0.05)
 
 
+def test_crossing_with_error_is_the_interpolated_zero_and_its_propagated_error():
+    from experiments.local_free_energy import crossing_with_error
+
+    # log-odds (n − 450)/100: zero at 450 between the grid points 400 and 500, slope 1/100, so
+    # an error of 0.2 nats there is 20 in n.
+    sizes = [300, 400, 500, 600]
+    odds = [(n - 450) / 100 for n in sizes]
+    n_c, error = crossing_with_error(sizes, odds, [0.2] * 4)
+    assert n_c == pytest.approx(450) and error == pytest.approx(20)
+    assert all(math.isnan(v) for v in crossing_with_error(sizes, [-1.0] * 4, [0.1] * 4))
+
+
+def test_occupancy_statistics_count_against_chance():
+    from experiments.local_free_energy import occupancy_statistics
+
+    rows = [dict(z=z, predicted_se=0.1, reference_se=0.1) for z in (0.0, 1.0, -2.5, 1.0)]
+    rows.append(dict(z=0.0, predicted_se=0.0, reference_se=0.0))  # both empty: no information
+    stats = occupancy_statistics(rows)
+    assert stats["comparisons"] == 4 and stats["beyond_2se"] == 1
+    assert stats["mean_z_squared"] == pytest.approx((1 + 6.25 + 1) / 4)
+    assert stats["expected_beyond_2se_if_exact"] == pytest.approx(4 * 0.0455, rel=1e-2)
+    assert stats["bonferroni_threshold"] == pytest.approx(2.4977, rel=1e-3)  # Φ⁻¹(1 − 0.025/4)
+
+
 def test_bad_input_names_the_argument():
     x = np.eye(6)[np.arange(40) % 6] * 0.5
     with pytest.raises(ValueError, match="x must be"):
