@@ -271,17 +271,19 @@ def occupancy_statistics(rows) -> dict:
     )
 
 
-def crossing_with_error(sizes, log_odds, standard_error) -> tuple[float, float]:
-    """The first upward zero of the 6-vs-5 log-odds (linear interpolation) and its error: the
-    log-odds' error at the crossing over their slope there (NaN when they never cross)."""
+def crossing_with_error(sizes, log_odds, standard_error) -> tuple[float, float, float]:
+    """The first upward zero of the 6-vs-5 log-odds (linear interpolation), its error (the
+    log-odds' error at the crossing over their slope there) and how far one nat moves it (the
+    inverse slope); NaN when they never cross."""
     for i in range(len(sizes) - 1):
         a, b = log_odds[i], log_odds[i + 1]
         if a <= 0 < b:
             n0, n1 = sizes[i], sizes[i + 1]
             t = -a / (b - a)
             error = (1 - t) * standard_error[i] + t * standard_error[i + 1]
-            return float(n0 + t * (n1 - n0)), float(error * (n1 - n0) / (b - a))
-    return float("nan"), float("nan")
+            per_nat = (n1 - n0) / (b - a)
+            return float(n0 + t * (n1 - n0)), float(error * per_nat), float(per_nat)
+    return float("nan"), float("nan"), float("nan")
 
 
 def draw_crossings(arrays: dict, labels) -> dict:
@@ -312,6 +314,7 @@ def draw_crossings(arrays: dict, labels) -> dict:
         measured_se=measured[1],
         reference=reference[0],
         reference_se=reference[1],
+        n_per_nat=measured[2],
     )
 
 
@@ -599,6 +602,7 @@ def main(args) -> dict:
     summary["remainder_fit"] = {
         "5 minus 6": dict(a=odds_fit[0], b_log_n=odds_fit[1], fitted_on_draws=seeds)
     }
+    summary["resisting_term"] = resisting_term(residuals, per_draw)
     # Item 3: the crossing per draw of a bayesian_transitions multi-draw run, predicted from the
     # decomposition (the remainder fitted above on the measured draws, other datasets: their n_max
     # differs, so even equal seeds are different draws) against the sampled one.
@@ -639,6 +643,35 @@ def main(args) -> dict:
     store.write_summary(summary)
     figures(store, summary, labels)
     return summary
+
+
+def resisting_term(residuals: dict, per_draw: dict) -> dict:
+    """What the Laplace-plus-volume terms leave unexplained, and what it costs in n_c: each phase's
+    remainder over the measured (draw, n) (points known to better than 0.6 nats), the spread of the
+    5 − 6 difference across draws at each n, and how far one nat moves the crossing (the measured
+    log-odds' slope there)."""
+    out = {}
+    for label, rows in residuals.items():
+        values = np.concatenate([np.asarray(r)[np.asarray(e) < 0.6] for _, r, e in rows])
+        out[f"remainder_{label}"] = dict(
+            low=float(values.min()), high=float(values.max()), mean=float(values.mean())
+        )
+    difference = np.stack(
+        [
+            np.where(np.hypot(e5, e6) < 0.6, np.asarray(r5) - np.asarray(r6), np.nan)
+            for (_, r6, e6), (_, r5, e5) in zip(residuals["6"], residuals["5"])
+        ]
+    )  # (draws, sizes)
+    known = np.sum(np.isfinite(difference), axis=0)
+    spread = [
+        float(np.nanstd(column, ddof=1)) if count > 1 else None
+        for column, count in zip(difference.T, known)
+    ]
+    out["difference_5_minus_6_spread_over_draws"] = spread
+    n_per_nat = [d["crossing"]["n_per_nat"] for d in per_draw.values()]
+    n_per_nat = [v for v in n_per_nat if np.isfinite(v)]
+    out["n_c_per_nat"] = float(np.median(n_per_nat)) if n_per_nat else float("nan")
+    return out
 
 
 def crossing_resolution(per_draw: dict, sampled: dict, n_max: int) -> dict:

@@ -208,6 +208,30 @@ def _local_free_energy(summary):
                     "nats, dataset draw " + seed,
                 )
             )
+    resist = summary.get("resisting_term")
+    if resist:
+        five, six = resist["remainder_5"], resist["remainder_6"]
+        rows.append(
+            (
+                "the term that resists: the 5-gon's remainder beyond Laplace (range over draws, n)",
+                f"{five['low']:.1f} to {five['high']:.1f}",
+                None,
+                f"nats (6-gon: {six['low']:.1f} to {six['high']:.1f}); one nat moves n_c by "
+                f"~{resist['n_c_per_nat']:.0f}",
+            )
+        )
+    resolution = summary.get("crossing_resolution", {})
+    for key, name in (("reference", "plain tempered SMC"), ("measured", "the local free energies")):
+        score = resolution.get(f"{key}_minus_sampled")
+        if score and score["draws"]:
+            rows.append(
+                (
+                    f"n_c from {name} vs the sampled n_c on the same datasets: mean |difference|",
+                    score["mean_abs"],
+                    None,
+                    f"{score['within_30']} of {score['draws']} draws within 30",
+                )
+            )
     for name, score in summary.get("crossing_scores", {}).items():
         rows.append(
             (

@@ -30,8 +30,10 @@ def test_crossing_with_error_is_the_interpolated_zero_and_its_propagated_error()
     # an error of 0.2 nats there is 20 in n.
     sizes = [300, 400, 500, 600]
     odds = [(n - 450) / 100 for n in sizes]
-    n_c, error = crossing_with_error(sizes, odds, [0.2] * 4)
-    assert n_c == pytest.approx(450) and error == pytest.approx(20)
+    n_c, error, per_nat = crossing_with_error(sizes, odds, [0.2] * 4)
+    assert (
+        n_c == pytest.approx(450) and error == pytest.approx(20) and per_nat == pytest.approx(100)
+    )
     assert all(math.isnan(v) for v in crossing_with_error(sizes, [-1.0] * 4, [0.1] * 4))
 
 
