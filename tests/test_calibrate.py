@@ -24,10 +24,12 @@ from tmsjax.llc import LLCDiagnostics, LLCGrid, LLCResult, LLCSettings, estimate
 from tmsjax.llc.calibrate import (
     EPS_TOP,
     FLAT_Z,
+    MAX_CORRECTION,
     Calibration,
     CalibrationError,
     calibrate,
     choose_cell,
+    relaxed,
     stable_region,
 )
 
@@ -309,3 +311,100 @@ def test_calibration_finds_a_stable_cell_at_the_tms_six_gon(key, loss):
     assert calibration.stable.any()
     assert not np.any(np.asarray(calibration.chosen.diagnostics.drifting))
     assert np.isfinite(float(calibration.chosen.llc)) and float(calibration.chosen.llc) > 0
+
+
+SOFT = jnp.array([30.0, 0.01])  # nβ a = 3000 and 1 at nβ = 100: the soft one is held as much by γ
+
+
+def soft_quadratic(w, data):
+    """K = ½ Σ a_i w_i², a = (30, 0.01)."""
+    del data
+    return 0.5 * jnp.sum(SOFT * w**2)
+
+
+def test_flat_cells_of_frozen_chains_are_not_relaxed_and_named(key):
+    # ε ≤ 1.28e-4 and γ = 1: the soft direction (curvature nβa + γ = 2) relaxes in 1/(2ε) ≥ 3900
+    # steps, the chain has 2000, so it stays near w* in every cell: λ̂ ≈ ½ from the stiff direction
+    # (plus ≤ 0.07 of the soft one's ¼), flat in ε, against the exact ½(3000/3001 + 1/2) = 0.75.
+    # The flatness test alone calls such cells stable; the relaxation requirement
+    # (1/(εγ) ≤ num_steps: 7800 to 250,000 here, against 2000) does not.
+    settings = LLCSettings(nbeta=NBETA, num_chains=16, num_steps=2000, num_burnin=500)
+    step_sizes = 4e-6 * 2.0 ** np.arange(6)
+    with pytest.raises(CalibrationError, match="not relaxed") as error:
+        calibrate(
+            key, soft_quadratic, jnp.zeros(2), settings=settings, step_sizes=step_sizes,
+            localizations=[1.0], cell_batch=None,
+        )  # fmt: skip
+    grid = error.value.grid
+    assert "6/6 cells 'not relaxed'" in str(error.value)
+    exact = 0.5 * (3000 / 3001 + 0.5)
+    flat = stable_region(grid)  # without the settings: flatness and health only
+    assert np.any(flat), np.asarray(grid.result.llc).ravel()
+    # What the rule without relaxation would have chosen is low by more than 3 standard errors.
+    index = choose_cell(grid, flat)
+    value, stderr = float(grid.result.llc[index]), float(grid.result.stderr[index])
+    assert value + 3 * stderr < exact, (value, stderr)
+    assert not np.any(stable_region(grid, settings=settings))
+    assert not np.any(relaxed(grid, settings))
+
+
+QUADRATIC_A = jnp.array([10.0, 100.0])
+
+
+def two_scale_quadratic(w, data):
+    """K = ½(10 w₁² + 100 w₂²): λ = 1."""
+    del data
+    return 0.5 * jnp.sum(QUADRATIC_A * w**2)
+
+
+def euler_expectation(nbeta, step_size, localization):
+    """Exact E[nβK] of the Euler chain: Σ nβa/(2k(1 − εk/4)), k = nβa + γ (tests/test_llc.py)."""
+    k = nbeta * np.asarray(QUADRATIC_A) + localization
+    return float(np.sum(nbeta * np.asarray(QUADRATIC_A) / (2 * k * (1 - step_size * k / 4))))
+
+
+def test_auto_calibrate_corrects_the_step_bias_and_reruns_in_the_same_program(key):
+    # step_fraction 2.5: εk* = 2.5 at the stiff direction, an Euler bias (ε nβa/8)/(1 − εk/4) of
+    # about half of λ̂, above MAX_CORRECTION: one rerun at ε·(0.25/2)/b in the same compiled
+    # program, whose corrected λ̂ is the exact (ε → 0) localized expectation: the correction is
+    # exact for a Gaussian.
+    compiled = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith("Compiling "):
+                compiled.append(record.getMessage().split(" with ")[0])
+
+    settings = LLCSettings(nbeta=NBETA, num_chains=16)
+    handler, logger = Recorder(), logging.getLogger("jax")
+    logger.addHandler(handler)
+    level, logger.level = logger.level, logging.WARNING
+    try:
+        with jax.log_compiles(True):
+            found = llc.auto_calibrate(
+                key, two_scale_quadratic, jnp.zeros(2), settings=settings, step_budget=8000,
+                step_fraction=2.5,
+            )  # fmt: skip
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert compiled.count("Compiling jit(_estimate_jit)") == 1, compiled
+    assert abs(found.curvature - 100.0) < 1.0
+    first, last = found.rounds[0], found.rounds[-1]
+    assert first["step_size"] == pytest.approx(2.5 / (NBETA * 100 + 1))
+    assert len(found.rounds) == 2 and "after ε" in found.reason
+    # The first run's estimated bias is the Euler chain's exact one (a Gaussian), within noise.
+    exact_bias = euler_expectation(NBETA, first["step_size"], first["localization"]) - (
+        euler_expectation(NBETA, 0.0, first["localization"])
+    )
+    assert first["step_bias"] > MAX_CORRECTION
+    assert first["step_bias"] * first["llc"] == pytest.approx(exact_bias, rel=0.15)
+    assert last["step_size"] == pytest.approx(first["step_size"] * 0.125 / first["step_bias"])
+    # 1/(εγ) = 4000.4 steps at the first ε and γ = 1, rounded up; the rerun keeps them.
+    assert found.settings.num_steps == 5000
+    # The corrected λ̂ is the exact ε → 0 expectation at the final γ; the raw one is not.
+    chosen = found.settings
+    expected = euler_expectation(NBETA, 0.0, chosen.localization)
+    assert abs(found.llc - expected) < 4 * found.stderr and 4 * found.stderr < 0.15
+    assert found.step_bias == last["step_bias"] and 0.05 < last["step_bias"] < 0.25
+    assert found.verdict == "ok" and llc.verdict(found.result).startswith("step size too large")

@@ -19,7 +19,10 @@ The package, file by file:
 - :mod:`~tmsjax.llc.api`: the entry points :func:`estimate_llc`, :func:`llc_grid`,
   :func:`llc_along_training`;
 - :mod:`~tmsjax.llc.calibrate`: :func:`calibrate`, recommended ε, γ, nβ from one compiled grid,
-  with the evidence (:class:`Calibration`; :class:`CalibrationError` when no cell is stable);
+  with the evidence (:class:`Calibration`; :class:`CalibrationError` when no cell is stable), and
+  the cheap automatic calibration: :func:`auto_settings` (ε from the curvature at the centre, γ
+  and the chain length from a step budget) and :func:`auto_calibrate` (runs them, and reruns at a
+  smaller ε while the run's estimated step bias is above target; :class:`AutoCalibration`);
 - :mod:`~tmsjax.llc.exact`: exact learning coefficients to check λ̂ against (deep linear networks,
   reduced-rank regression, normal crossings, sums of monomials, regular models).
 
@@ -49,7 +52,15 @@ from tmsjax.llc.api import (
     llc_along_training,
     llc_grid,
 )
-from tmsjax.llc.calibrate import Calibration, CalibrationError, calibrate, stable_region
+from tmsjax.llc.calibrate import (
+    AutoCalibration,
+    Calibration,
+    CalibrationError,
+    auto_calibrate,
+    auto_settings,
+    calibrate,
+    stable_region,
+)
 from tmsjax.llc.checkpoints import stack_checkpoints
 from tmsjax.llc.core import LLCResult, default_minibatch, default_nbeta, num_data_of, sample_llc
 from tmsjax.llc.health import (
@@ -87,6 +98,7 @@ __all__ = [
     "RMSPropSGLD",
     "SGLD",
     "STEP_BIAS_RELATIVE",
+    "AutoCalibration",
     "Calibration",
     "CalibrationError",
     "ChainSettings",
@@ -97,6 +109,8 @@ __all__ = [
     "LLCSettings",
     "PartitionedLoss",
     "all_clear",
+    "auto_calibrate",
+    "auto_settings",
     "calibrate",
     "default_minibatch",
     "exact",

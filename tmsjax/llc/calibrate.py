@@ -3,7 +3,10 @@ r"""Automatic calibration of the SGLD hyperparameters (ε, γ, nβ) of a λ̂ es
 One call, :func:`calibrate`, runs the grid ε × γ × nβ for the user's loss, centre and data in one
 compiled program (:func:`~tmsjax.llc.llc_grid`), finds the *stable region* and returns recommended
 :class:`~tmsjax.llc.LLCSettings` with the evidence (the grid, the stable cells, a sentence saying
-why), so that choosing ε, γ and nβ is no longer the user's burden.
+why), so that choosing ε, γ and nβ is no longer the user's burden. A cheaper call without a grid,
+:func:`auto_calibrate` (:func:`auto_settings` its open-loop half), sets ε from the curvature at the
+centre and γ from a step budget, and reruns at a smaller ε while the run's own estimated step bias
+is above target (below, "The cheap calibration").
 
 **Why a grid, and what goes wrong off the stable region.** The estimate
 
@@ -50,6 +53,14 @@ of two non-negative terms plus noise, and agreement bounds each:
   upper neighbour only picked cells 12-50% below the equilibrium value in 5 of 40 seeds, this rule
   in none.
 
+3. relaxed: the chain spans its slowest relaxation time, :math:`1/(\epsilon\gamma) \le N`
+   (:data:`RELAXATION_LIMIT` × ``num_steps``): a direction held only by the localization spreads
+   (its variance reaches :math:`1 - e^{-1}` of the equilibrium :math:`1/\gamma`) within the chain.
+   Without it a grid of small ε can be flat and wrong: every cell's soft directions are frozen at
+   :math:`w^*` alike (measured: the TMS 5-gon on the exact potential at nβ = 10⁴, ε = 5e-7 gave
+   λ̂ = 6.22 against 7, every check passed; ``tests/test_calibrate.py`` has a quadratic whose soft
+   direction is held by γ, where every flat cell is 33% low). Such cells are named "not relaxed".
+
 So a stable region needs three consecutive healthy cells, and the grid's smallest and largest ε
 are never stable. The diagnostics catch the gross failures (blow-ups, low acceptance, visible
 drift); the flatness test catches the bias they miss (a mean acceptance above 0.9 still allows
@@ -78,12 +89,50 @@ a singular model's valleys; the span of the grid absorbs that. γ defaults to
 :data:`LOCALIZATION_FACTORS` × the settings' γ (1, 10, 100 for the default γ = 1: the values of
 the paper protocol and of ``experiments/llc_grid.py``), nβ to the settings' nβ, else n / log n.
 
+**The cheap calibration**, :func:`auto_settings` and :func:`auto_calibrate`: no grid, a rule and
+a closed loop on the run itself. With :math:`k^*` the largest Hessian eigenvalue of :math:`L_n` at
+:math:`w^*` (power iteration) and a step budget S (the steps the caller can afford per run):
+
+- :math:`\epsilon = c/(n\beta k^* + \gamma_{min})`, c = :data:`STEP_FRACTION`: the stiffest
+  direction at :math:`w^*` moves a tenth of its posterior width per step (Euler variance inflation
+  :math:`\epsilon k/4 \approx 2.5\%` there);
+- :math:`\gamma = \max(\gamma_{min}, 1/(\epsilon S))`: the smallest localization whose relaxation
+  time :math:`1/(\epsilon\gamma)` fits the budget (the least localization bias affordable);
+- :math:`N = 1/(\epsilon\gamma)` steps (rounded up to :data:`STEP_ROUNDING`, at least
+  :data:`MIN_STEPS`), the first half burn-in, thinned to at most :data:`MAX_DRAWS` draws per chain.
+
+The curvature at :math:`w^*` understates the curvature the chains meet: at small γ they spread
+along a singular loss's flat directions into regions up to ~10× stiffer (measured on deep linear
+networks), and λ̂ comes out high. :func:`auto_calibrate` therefore reads the run's own estimate of
+its discretisation bias, :math:`b = (\epsilon/8)\,\mathbb{E}[\nabla(n\beta L_n)\cdot\nabla U]`
+(:mod:`tmsjax.llc.health`; first order in ε, exact for a Gaussian at any stable ε), and returns
+:math:`\hat\lambda - b` (:func:`corrected_llc`): a Richardson extrapolation to ε = 0 whose slope
+comes from the same draws. Where b exceeds :data:`MAX_CORRECTION` of λ̂ (first order no longer
+trusted) it reruns at a smaller ε, γ again from the budget, with the same number of steps: the same
+compiled program (ε and γ are traced).
+
+Three ways of closing the loop were measured on the 32 deep-linear-network cases of
+``benchmarks/llc_accuracy.py`` (c = 0.1, the same budgets):
+
+- none (the raw λ̂): median |error| 4.7%, max 23% (a 3-layer network at its singular point, +22%
+  with b = 20%);
+- rerun at :math:`\epsilon\cdot 0.05/b` while b > 5% (γ from the budget, so larger): median 4.3%,
+  max 19%, on a 5-layer network whose γ rose from 2.3 to 8.5 (localization bias, which the
+  diagnostics do not see there: it was called "ok"), and a second run on 14 of 32 cases. A smaller
+  ε at a fixed budget trades discretisation bias for localization bias;
+- the correction: median 4.9%, max 14%, one run per case (what remains is the localization bias of
+  the deep networks, always downward).
+
+A pilot run at a larger γ to rescale ε (tried first) sees fewer stiff regions than the real run
+and under-corrects.
+
 References:
   Lau, Furman, Wang, Murfet, Wei (2023), arXiv:2308.12108 (SGLD hyperparameters, localization).
   Chen, Lau, Mendel, Wei, Murfet (2023), arXiv:2310.06301, App. K.
 """
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -92,8 +141,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from tmsjax.checks import check_positive_int
 from tmsjax.llc.api import (
     DEFAULT_CELL_BATCH,
+    LLCError,
     LLCGrid,
     _check_common,
     _check_loss,
@@ -101,10 +152,17 @@ from tmsjax.llc.api import (
     _check_positive_values,
     _resolve_nbeta,
     _sampled,
+    estimate_llc,
     llc_grid,
 )
 from tmsjax.llc.core import LLCResult, LossFn, default_minibatch
-from tmsjax.llc.health import all_clear, grid_verdicts, problem_counts
+from tmsjax.llc.health import (
+    all_clear,
+    grid_verdicts,
+    problem_counts,
+    usable,
+    verdict,
+)
 from tmsjax.llc.settings import LLCSettings
 from tmsjax.types import PRNGKey, PyTree
 
@@ -125,6 +183,33 @@ LOCALIZATION_FACTORS = (1.0, 10.0, 100.0)
 STABILITY_IGNORES = ("localization_limited",)
 #: Hessian-vector products of the power iteration for the largest curvature at the centre.
 POWER_ITERATIONS = 20
+#: A cell is relaxed when 1/(εγ) ≤ RELAXATION_LIMIT × num_steps: the slowest direction (held only by
+#: γ) spreads within the chain. Not the post-burn-in length: on deep linear networks the directions
+#: γ holds are symmetry orbits of the loss (λ is the same along them), and requiring them relaxed
+#: after burn-in doubles γ at a fixed budget, which biased λ̂ from −11% to −18% (8-8-8-8-8-8
+#: generic).
+RELAXATION_LIMIT = 1.0
+
+#: auto_settings: c in ε = c / (nβ k* + γ_min) (module docstring).
+STEP_FRACTION = 0.1
+#: auto_settings: γ never below this (in units where the weights are of order 1).
+MIN_LOCALIZATION = 1.0
+#: auto_settings: chains at least this long, their length rounded up to a multiple of STEP_ROUNDING
+#: (so that centres of similar curvature share one compiled program).
+MIN_STEPS = 2_000
+STEP_ROUNDING = 1_000
+#: auto_settings: the leading fraction of the steps discarded as burn-in.
+BURNIN_FRACTION = 0.5
+#: auto_settings: at most this many draws per chain (thinned): the health checks' FFTs stay cheap.
+MAX_DRAWS = 1_000
+#: auto_settings: power-iteration steps for k* (converged to ~1% on the deep linear networks).
+AUTO_POWER_ITERATIONS = 50
+#: auto_calibrate: at most this many runs (the first and up to two reruns at a smaller ε).
+MAX_ROUNDS = 3
+#: auto_calibrate: estimated step biases up to this fraction of λ̂ are removed at first order;
+#: above it the run is repeated at a smaller ε. Measured on the deep linear networks: corrections
+#: of 17-20% left errors of −2% to +2% on the shallow ones (the rest is localization bias).
+MAX_CORRECTION = 0.25
 
 
 class CalibrationError(ValueError):
@@ -264,14 +349,16 @@ def _curvature_jit(key, center, data, *, loss_fn, num_iterations):
     return loss, jnp.all(jnp.isfinite(grad)), jnp.linalg.norm(hvp(v))
 
 
-def _curvature(key, arrays, loss, data, settings, minibatch_fn) -> float:
-    """|h|_max at the centre (on one minibatch in minibatch mode), after checking that the loss and
-    its gradient are finite there."""
+def _curvature(
+    key, arrays, loss, data, settings, minibatch_fn, num_iterations=POWER_ITERATIONS
+) -> float:
+    """|h|_max at the centre (on one minibatch in minibatch mode; settings None: the full data),
+    after checking that the loss and its gradient are finite there."""
     batch = data
-    if settings.batch_size is not None:
+    if settings is not None and settings.batch_size is not None:
         batch = (minibatch_fn or default_minibatch)(key, data, settings.batch_size)
     value, grad_finite, top = _curvature_jit(
-        key, arrays, batch, loss_fn=loss, num_iterations=POWER_ITERATIONS
+        key, arrays, batch, loss_fn=loss, num_iterations=num_iterations
     )
     if not np.isfinite(float(value)):
         raise ValueError(
@@ -301,15 +388,39 @@ def _agree(grid: LLCGrid, gap: int, z: float) -> np.ndarray:
     return clear[gap:] & clear[:-gap] & close
 
 
-def stable_region(grid: LLCGrid, z: float = FLAT_Z) -> np.ndarray:
+def relaxed(grid: LLCGrid, settings: LLCSettings) -> np.ndarray:
+    r"""The cells whose chains span their slowest relaxation time,
+    :math:`1/(\epsilon\gamma) \le` :data:`RELAXATION_LIMIT` × ``settings.num_steps`` (module
+    docstring); γ = 0 is not judged (no direction is held by the localization alone).
+
+    Args:
+      grid: an :class:`~tmsjax.llc.LLCGrid`.
+      settings: the settings its chains ran with (their ``num_steps``).
+
+    Returns:
+      bool, (len(ε), len(γ), len(nβ)).
+    """
+    step_sizes = np.asarray(grid.step_sizes)[:, None, None]
+    rate = step_sizes * np.asarray(grid.localizations)[None, :, None]
+    # A relative tolerance: auto_settings puts 1/(εγ) exactly at num_steps when the budget binds.
+    ok = (rate == 0) | (rate * RELAXATION_LIMIT * settings.num_steps >= 1 - 1e-9)
+    return np.broadcast_to(ok, np.shape(grid.result.llc)).copy()
+
+
+def stable_region(
+    grid: LLCGrid, z: float = FLAT_Z, *, settings: LLCSettings | None = None
+) -> np.ndarray:
     r"""The stable cells: cell i and its ε neighbours i − 1 and i + 1 (same γ, nβ) are all clear
     and agree pairwise within z combined standard errors,
-    :math:`|\hat\lambda_a - \hat\lambda_b| \le z\sqrt{s_a^2 + s_b^2}` for each pair (module
-    docstring). The grid's smallest and largest ε are never stable.
+    :math:`|\hat\lambda_a - \hat\lambda_b| \le z\sqrt{s_a^2 + s_b^2}` for each pair, and (given
+    the settings) cell i is :func:`relaxed` (module docstring). The grid's smallest and largest ε
+    are never stable.
 
     Args:
       grid: an :class:`~tmsjax.llc.LLCGrid` whose step sizes are sorted ascending.
       z: the agreement threshold (:data:`FLAT_Z`).
+      settings: the settings the grid ran with; None skips the relaxation requirement (flatness
+        and health only).
 
     Returns:
       bool, (len(ε), len(γ), len(nβ)).
@@ -318,6 +429,8 @@ def stable_region(grid: LLCGrid, z: float = FLAT_Z) -> np.ndarray:
     if len(grid.step_sizes) >= 3:
         neighbours = _agree(grid, 1, z)
         stable[1:-1] = neighbours[:-1] & neighbours[1:] & _agree(grid, 2, z)
+    if settings is not None:
+        stable &= relaxed(grid, settings)
     return stable
 
 
@@ -346,17 +459,30 @@ def choose_cell(
     return i, j, m
 
 
-def _no_stable_message(grid: LLCGrid) -> str:
+def _no_stable_message(grid: LLCGrid, settings: LLCSettings) -> str:
     """Names the problems over the grid with their counts, and what to try."""
     counts = problem_counts(grid.result)
     total = counts["total"]
-    names = ("non-finite", "step size too large", "drifting", "escaped")
+    is_relaxed = relaxed(grid, settings)
+    counts["not relaxed"] = int(np.sum(~is_relaxed))
+    names = ("non-finite", "step size too large", "drifting", "escaped", "not relaxed")
     found = sorted(((counts[name], name) for name in names if counts[name]), key=lambda c: -c[0])
     parts = [f"{count}/{total} cells '{name}'" for count, name in found]
+    if counts["not relaxed"]:
+        parts[[name for _, name in found].index("not relaxed")] += (
+            f" (1/(εγ) above {RELAXATION_LIMIT:g} × num_steps = "
+            f"{RELAXATION_LIMIT * settings.num_steps:g}: directions held by γ alone never spread)"
+        )
+    flat = stable_region(grid)
+    if np.any(flat & ~is_relaxed):
+        parts.append(
+            f"{int(np.sum(flat & ~is_relaxed))} cells flat in ε and healthy but not relaxed "
+            "(a flat λ̂ of frozen chains is not evidence)"
+        )
     if counts["ok"]:
         parts.append(
-            f"{counts['ok']}/{total} cells ok, but none with both ε neighbours ok and the three "
-            f"agreeing within {FLAT_Z:g} combined standard errors"
+            f"{counts['ok']}/{total} cells ok, but none relaxed with both ε neighbours ok and the "
+            f"three agreeing within {FLAT_Z:g} combined standard errors"
         )
     diagnostics = grid.result.diagnostics
     blown = np.asarray(diagnostics.non_finite) | np.asarray(diagnostics.low_acceptance)
@@ -370,6 +496,8 @@ def _no_stable_message(grid: LLCGrid) -> str:
             advice.append("larger step_sizes (even the largest ε drifts)")
     if counts["escaped"]:
         advice.append("larger localizations, or check that the centre is a local minimum")
+    if counts["not relaxed"]:
+        advice.append("longer chains (num_steps), larger step_sizes or larger localizations")
     if counts["ok"]:
         advice.append("more num_chains (smaller standard errors) or a finer step_sizes grid")
     nbetas = ", ".join(f"{b:.4g}" for b in grid.nbetas)
@@ -380,9 +508,10 @@ def _no_stable_message(grid: LLCGrid) -> str:
     )
 
 
-def _reason(grid: LLCGrid, index: tuple[int, int, int]) -> str:
+def _reason(grid: LLCGrid, index: tuple[int, int, int], settings: LLCSettings) -> str:
     """What was chosen and why, in one line (for people)."""
     i, j, m = index
+    is_relaxed = relaxed(grid, settings)
     value = np.asarray(grid.result.llc)
     error = np.asarray(grid.result.stderr)
     eps = grid.step_sizes
@@ -400,6 +529,8 @@ def _reason(grid: LLCGrid, index: tuple[int, int, int]) -> str:
     if j > 0:
         smaller = ", ".join(f"{g:g}" for g in grid.localizations[:j])
         text += f"; γ = {smaller}: no stable cell"
+        if not np.any(is_relaxed[:, :j, m]):
+            text += " (not relaxed: 1/(εγ) above the chain's num_steps)"
     if i + 2 < len(eps):
         beyond = (i + 2, j, m)
         verdict = grid_verdicts(grid.result)[beyond]
@@ -439,7 +570,7 @@ def calibrate(
     r"""Recommends ε, γ and nβ for λ̂ of `loss_fn` at `center`, from one compiled grid.
 
     Runs :func:`~tmsjax.llc.llc_grid` over ε × γ × nβ (the defaults scaled to the problem, see the
-    module docstring), finds the stable region (all clear and λ̂ flat in ε) and picks, at the
+    module docstring), finds the stable region (all clear, λ̂ flat in ε, relaxed) and picks, at the
     reference nβ, the smallest stable γ (least localization bias) and there the largest stable ε
     (the fastest mixing whose λ̂ agrees with both ε neighbours, which bounds its bias).
 
@@ -464,7 +595,7 @@ def calibrate(
       ValueError: naming the bad argument; a loss or gradient that is not finite at the centre; no
         scale for the default ε grid (zero curvature and γ = 0).
       CalibrationError: (a ValueError) no stable cell; the message counts each problem over the
-        grid and says what to try, and ``error.grid`` holds the grid.
+        grid ("not relaxed" included) and says what to try, and ``error.grid`` holds the grid.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -535,9 +666,9 @@ def calibrate(
         minibatch_fn=minibatch_fn,
         cell_batch=cell_batch,
     )
-    stable = stable_region(grid)
+    stable = stable_region(grid, settings=settings)
     if not np.any(stable):
-        raise CalibrationError(_no_stable_message(grid), grid)
+        raise CalibrationError(_no_stable_message(grid, settings), grid)
     index = choose_cell(grid, stable, reference_nbeta)
     i, j, m = index
     chosen = settings.replace(
@@ -545,19 +676,363 @@ def calibrate(
         localization=float(grid.localizations[j]),
         nbeta=float(grid.nbetas[m]),
     )
-    return Calibration(chosen, grid, stable, index, curvature, _reason(grid, index))
+    return Calibration(chosen, grid, stable, index, curvature, _reason(grid, index, settings))
+
+
+# ----------------------------------------------------------------------------------------------
+# The cheap calibration: a rule from the curvature and a step budget, and a closed loop on the run
+
+
+def _auto_rule(
+    step_size: float, nbeta: float, budget: int, min_localization: float, settings: LLCSettings
+) -> LLCSettings:
+    """γ from the budget and the chain from the relaxation time, at a given ε (module docstring)."""
+    localization = max(min_localization, 1.0 / (step_size * budget))
+    relaxation = 1.0 / (step_size * localization)
+    # Rounded up (a hair of slack for float error), so that centres of similar curvature share one
+    # compiled program; never past the budget, never below MIN_STEPS.
+    rounded = math.ceil(relaxation / STEP_ROUNDING - 1e-6) * STEP_ROUNDING
+    num_steps = max(MIN_STEPS, min(budget, rounded))
+    num_burnin = int(num_steps * BURNIN_FRACTION)
+    thinning = max(1, (num_steps - num_burnin) // MAX_DRAWS)
+    return settings.replace(
+        step_size=step_size,
+        localization=localization,
+        nbeta=nbeta,
+        num_steps=num_steps,
+        num_burnin=num_burnin,
+        thinning=thinning,
+    )
+
+
+def _auto_start(
+    key, loss_fn, center, data, settings, step_budget, num_data, step_fraction, min_localization
+):
+    """(settings, k*) of :func:`auto_settings`, its arguments checked."""
+    _check_common(loss_fn, settings, data)
+    budget = check_positive_int("step_budget", step_budget)
+    if budget < MIN_STEPS:
+        raise ValueError(f"step_budget must be at least MIN_STEPS = {MIN_STEPS}, got {budget}")
+    step_fraction = float(_check_positive_values("step_fraction", step_fraction))
+    min_localization = float(_check_positive_values("min_localization", min_localization))
+    arrays, loss = _sampled(center, loss_fn, "center")
+    _check_loss(loss, arrays, data, "center")
+    nbeta = float(_resolve_nbeta(settings.nbeta, num_data, data))
+    # The full data's Hessian (not a minibatch's): the curvature of the nβ L_n the chains sample.
+    curvature = _curvature(
+        key, arrays, loss, data, None, None, num_iterations=AUTO_POWER_ITERATIONS
+    )
+    step_size = step_fraction / (nbeta * curvature + min_localization)
+    return _auto_rule(step_size, nbeta, budget, min_localization, settings), curvature
+
+
+def auto_settings(
+    key: PRNGKey,
+    loss_fn: LossFn,
+    center: PyTree,
+    data: Any = None,
+    settings: LLCSettings = LLCSettings(),
+    *,
+    step_budget: int,
+    num_data: int | None = None,
+    step_fraction: float = STEP_FRACTION,
+    min_localization: float = MIN_LOCALIZATION,
+) -> LLCSettings:
+    r"""Settings for λ̂ from the curvature at the centre and a step budget (no sampling).
+
+    With :math:`k^*` the largest Hessian eigenvalue of :math:`L_n` at :math:`w^*`
+    (:data:`AUTO_POWER_ITERATIONS` Hessian-vector products on the full data) and S the budget:
+
+    .. math:: \epsilon = \frac{c}{n\beta k^* + \gamma_{min}}, \qquad
+              \gamma = \max\Big(\gamma_{min}, \frac{1}{\epsilon S}\Big), \qquad
+              N = \Big\lceil \frac{1}{\epsilon\gamma} \Big\rceil,
+
+    N rounded up to :data:`STEP_ROUNDING` and kept in [:data:`MIN_STEPS`, S], the first
+    :data:`BURNIN_FRACTION` burn-in, thinned to at most :data:`MAX_DRAWS` draws per chain. The
+    open-loop half of :func:`auto_calibrate`, which also checks the run's discretisation bias.
+
+    Args:
+      key: PRNG key (the power iteration's start).
+      loss_fn, center, data, num_data: as in :func:`~tmsjax.llc.estimate_llc`.
+      settings: chains, batch size, draw loss and sampler, kept; its nβ (else n / log n) is kept
+        explicit; ε, γ, steps, burn-in and thinning are replaced.
+      step_budget: the most steps per chain the caller affords (≥ :data:`MIN_STEPS`): a larger
+        budget buys a smaller γ (less localization bias).
+      step_fraction: c (:data:`STEP_FRACTION`).
+      min_localization: :math:`\gamma_{min}` (:data:`MIN_LOCALIZATION`).
+
+    Returns:
+      :class:`~tmsjax.llc.LLCSettings` to pass to :func:`~tmsjax.llc.estimate_llc`.
+
+    Raises:
+      ValueError: naming the bad argument; a loss or gradient that is not finite at the centre.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> def loss_fn(w, data):                 # K = ½(w₁² + 100 w₂²): k* = 100
+      ...     return 0.5 * (w[0] ** 2 + 100 * w[1] ** 2)
+      >>> settings = auto_settings(jax.random.key(0), loss_fn, jnp.zeros(2),
+      ...                          settings=LLCSettings(nbeta=10.0), step_budget=10_000)
+      >>> round(settings.step_size * 1001, 3), settings.localization, settings.num_steps
+      (0.1, 1.001, 10000)
+    """
+    chosen, _ = _auto_start(
+        key, loss_fn, center, data, settings, step_budget, num_data, step_fraction,
+        min_localization,
+    )  # fmt: skip
+    return chosen
+
+
+class AutoCalibration(NamedTuple):
+    r"""The automatic calibration's answer (:func:`auto_calibrate`): the estimate, the settings and
+    run it came from, and the evidence.
+
+    Attributes:
+      llc: λ̂ less its estimated discretisation bias (:func:`corrected_llc`): the estimate to use.
+      stderr: its standard error (spread of the per-chain corrected estimates).
+      step_bias: the estimated bias that was removed, as a fraction of the raw λ̂ (NaN where the
+        sampler does not estimate it: then ``llc`` is the raw λ̂).
+      settings: the settings of the last run (pass them to :func:`~tmsjax.llc.estimate_llc` to
+        repeat it).
+      result: that run's raw :class:`~tmsjax.llc.LLCResult` (its ``llc`` is not corrected).
+      curvature: :math:`k^*`, the largest Hessian eigenvalue of :math:`L_n` at the centre.
+      rounds: one dict per run: ``step_size``, ``localization``, ``llc`` (raw), ``stderr``,
+        ``step_bias`` (pooled, :func:`pooled_step_bias`) and ``step_bias_stderr``.
+      reason: one readable line: what was run and why it stopped.
+      max_correction: the largest estimated bias a correction is trusted with (see ``verdict``).
+    """
+
+    llc: float
+    stderr: float
+    step_bias: float
+    settings: LLCSettings
+    result: LLCResult
+    curvature: float
+    rounds: tuple[dict, ...]
+    reason: str
+    max_correction: float = 0.25
+
+    @property
+    def verdict(self) -> str:
+        """The verdict of the corrected estimate: the run's problems, except that "step size too
+        large" means an estimated bias above ``max_correction`` (too large to remove at first
+        order), not above :data:`~tmsjax.llc.STEP_BIAS_RELATIVE` (removed by the correction)."""
+        diagnostics = self.result.diagnostics
+        if np.isfinite(self.step_bias):
+            too_large = jnp.full(
+                jnp.shape(diagnostics.non_finite), self.step_bias > self.max_correction
+            )
+            diagnostics = diagnostics._replace(low_acceptance=too_large & ~diagnostics.non_finite)
+        return verdict(diagnostics)
+
+
+def pooled_step_bias(result: LLCResult) -> tuple[float, float]:
+    r"""The estimated discretisation bias of the pooled λ̂, as a fraction of it, and its standard
+    error: :math:`\frac{\epsilon}{8}\,\overline{\mathbb{E}[\nabla(n\beta L_n)\cdot\nabla U]}
+    / \hat\lambda` averaged over the chains (:mod:`tmsjax.llc.health`); NaN where not estimated.
+    """
+    absolute = _absolute_bias(result)
+    if absolute is None:
+        return float("nan"), float("nan")
+    scale = max(abs(float(np.mean(np.asarray(result.llc_per_chain)))), 1.0)
+    error = np.std(absolute, ddof=1) / np.sqrt(len(absolute)) if len(absolute) > 1 else np.nan
+    return float(np.mean(absolute) / scale), float(error / scale)
+
+
+def _absolute_bias(result: LLCResult) -> np.ndarray | None:
+    """Each chain's estimated bias in λ units, (num_chains,); None where not estimated."""
+    per_chain = np.asarray(result.diagnostics.step_bias, dtype=float)
+    if per_chain.ndim != 1 or not np.all(np.isfinite(per_chain)):
+        return None
+    # health.diagnose divides each chain's bias by max(|λ̂_chain|, 1): undo it.
+    return per_chain * np.maximum(np.abs(np.asarray(result.llc_per_chain, dtype=float)), 1.0)
+
+
+def corrected_llc(result: LLCResult) -> tuple[float, float]:
+    r"""λ̂ less its estimated discretisation bias, and its standard error.
+
+    .. math:: \hat\lambda_c = \hat\lambda - \frac{\epsilon}{8}\,
+              \mathbb{E}\big[\nabla(n\beta L_n)\cdot\nabla U\big],
+              \qquad U = n\beta L_n + \frac\gamma2\lVert w - w^*\rVert^2,
+
+    per chain (the expectation over its draws, full-data gradients), pooled over chains; the
+    standard error is the spread of the per-chain :math:`\hat\lambda_c`. A Richardson
+    extrapolation to ε = 0 whose slope comes from the run itself instead of a second run at ε/2.
+    For a Gaussian posterior it is exact at any stable ε: along a direction of curvature
+    :math:`k = n\beta a + \gamma` the Euler chain's variance is :math:`v = 1/(k(1 - \epsilon k/4))`,
+    so the bias of :math:`\mathbb{E}[n\beta a w^2/2]` is
+    :math:`\frac{n\beta a}{2}(v - \frac1k) = \frac{\epsilon n\beta a}{8(1 - \epsilon k/4)}`, and the
+    estimate is :math:`\frac\epsilon8 n\beta a\,k\,v`, the same number. On singular losses it is a
+    heuristic, measured on the deep linear networks of ``benchmarks/llc_accuracy.py`` (corrections
+    of 5-20% left errors of −8% to +2%). The raw λ̂ (NaN bias) where the sampler does not estimate
+    the bias (not plain SGLD, or batch-loss draws).
+
+    Args:
+      result: a single :class:`~tmsjax.llc.LLCResult`.
+
+    Returns:
+      (λ̂_c, its standard error) as floats.
+    """
+    absolute = _absolute_bias(result)
+    per_chain = np.asarray(result.llc_per_chain, dtype=float)
+    if absolute is not None:
+        per_chain = per_chain - absolute
+    error = np.std(per_chain, ddof=1) / np.sqrt(len(per_chain)) if len(per_chain) > 1 else np.nan
+    return float(np.mean(per_chain)), float(error)
+
+
+def auto_calibrate(
+    key: PRNGKey,
+    loss_fn: LossFn,
+    center: PyTree,
+    data: Any = None,
+    settings: LLCSettings = LLCSettings(),
+    *,
+    step_budget: int,
+    num_data: int | None = None,
+    minibatch_fn: Callable | None = None,
+    max_correction: float = MAX_CORRECTION,
+    max_rounds: int = MAX_ROUNDS,
+    step_fraction: float = STEP_FRACTION,
+    min_localization: float = MIN_LOCALIZATION,
+) -> AutoCalibration:
+    r"""λ̂ at automatically chosen settings, corrected for its estimated discretisation bias.
+
+    Starts from :func:`auto_settings`, runs :func:`~tmsjax.llc.estimate_llc` and removes the run's
+    own estimate of its discretisation bias (:func:`corrected_llc`). The correction is first order
+    in ε: while the estimated bias b (:func:`pooled_step_bias`) exceeds `max_correction` (and two
+    of its standard errors), and fewer than `max_rounds` runs were made, it runs again at
+
+    .. math:: \epsilon \leftarrow \epsilon\,\frac{b_{max}/2}{b}, \qquad
+              \gamma \leftarrow \max\Big(\gamma_{min}, \frac{1}{\epsilon N}\Big)
+
+    with the same N, burn-in and thinning (the same compiled program: ε and γ are traced). A run
+    that is not usable (a chain blew up or escaped) is rerun at a quarter of its ε.
+
+    Why correct rather than shrink ε until the bias is small: at a fixed step budget a smaller ε
+    needs a larger γ, whose localization bias the diagnostics do not see on deep networks. Measured
+    on the deep linear networks (``benchmarks/llc_accuracy.py``, 32 cases): shrinking ε until
+    b ≤ 5% left a median |error| of 4.3% but a maximum of 19% (a 5-layer network at γ = 8.5, called
+    "ok"), and cost a second run on 14 cases; the correction, one run each, a maximum of 14%.
+
+    Args:
+      key: PRNG key (split between the power iteration and the runs).
+      loss_fn, center, data, num_data, minibatch_fn: as in :func:`~tmsjax.llc.estimate_llc`.
+      settings, step_budget, step_fraction, min_localization: as in :func:`auto_settings`.
+      max_correction: the largest estimated bias, as a fraction of λ̂, that is removed without a
+        rerun (:data:`MAX_CORRECTION`); above it the verdict says "step size too large".
+      max_rounds: at most this many runs (:data:`MAX_ROUNDS`); each costs one run of N steps.
+
+    Returns:
+      An :class:`AutoCalibration`: ``llc`` ± ``stderr`` the corrected estimate, ``verdict`` its
+      health, ``result`` and ``settings`` the last run.
+
+    Raises:
+      ValueError: naming the bad argument; a loss or gradient that is not finite at the centre.
+      LLCError: no usable run within `max_rounds`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> def loss_fn(w, data):                 # K = ½(w₁² + 100 w₂²): λ = 1
+      ...     return 0.5 * (w[0] ** 2 + 100 * w[1] ** 2)
+      >>> found = auto_calibrate(jax.random.key(0), loss_fn, jnp.zeros(2),
+      ...                        settings=LLCSettings(nbeta=1000.0), step_budget=20_000)
+      >>> abs(found.llc - 1.0) < 0.1, found.verdict, len(found.rounds)
+      (True, 'ok', 1)
+    """
+    max_rounds = check_positive_int("max_rounds", max_rounds)
+    max_correction = float(_check_positive_values("max_correction", max_correction))
+    key_curvature, key_runs = jax.random.split(key)
+    current, curvature = _auto_start(
+        key_curvature, loss_fn, center, data, settings, step_budget, num_data, step_fraction,
+        min_localization,
+    )  # fmt: skip
+    rounds = []
+    for round_index in range(max_rounds):
+        result = estimate_llc(
+            jax.random.fold_in(key_runs, round_index),
+            loss_fn,
+            center,
+            data,
+            current,
+            num_data=num_data,
+            minibatch_fn=minibatch_fn,
+            on_failure="return",
+        )
+        bias, bias_error = pooled_step_bias(result)
+        rounds.append(
+            dict(
+                step_size=current.step_size,
+                localization=current.localization,
+                llc=float(result.llc),
+                stderr=float(result.stderr),
+                step_bias=bias,
+                step_bias_stderr=bias_error,
+            )
+        )
+        if not bool(usable(result)):
+            factor = 0.25
+        elif np.isfinite(bias) and bias > max_correction and not bias <= 2 * bias_error:
+            factor = 0.5 * max_correction / bias
+        else:
+            break
+        if round_index + 1 == max_rounds:
+            break
+        # Same num_steps (the same program); γ again from the chain length, at least γ_min.
+        step_size = current.step_size * factor
+        localization = max(min_localization, 1.0 / (step_size * current.num_steps))
+        current = current.replace(step_size=step_size, localization=localization)
+    if not bool(usable(result)):
+        raise LLCError(
+            f"auto_calibrate: no usable λ̂ in {len(rounds)} runs (last: {verdict(result)} at "
+            f"step_size={current.step_size:g}, localization={current.localization:g}); check "
+            "that the centre is a local minimum, or raise step_budget"
+        )
+    llc, stderr = corrected_llc(result)
+    bias = rounds[-1]["step_bias"]
+    reason = (
+        f"k* = {curvature:.4g}; ε = {current.step_size:.3g}, γ = {current.localization:.3g}, "
+        f"{current.num_steps} steps: λ̂ = {rounds[-1]['llc']:.4g}"
+    )
+    if np.isfinite(bias):
+        reason += f", less its estimated step bias {100 * bias:+.1f}%: {llc:.4g} ± {stderr:.2g}"
+    if len(rounds) > 1:
+        history = ", ".join(
+            f"ε {r['step_size']:.3g} → λ̂ {r['llc']:.4g} (bias {100 * r['step_bias']:+.1f}%)"
+            for r in rounds[:-1]
+        )
+        reason += f"; after {history}"
+    return AutoCalibration(
+        llc, stderr, bias, current, result, curvature, tuple(rounds), reason, max_correction
+    )
 
 
 __all__ = [
+    "AUTO_POWER_ITERATIONS",
+    "BURNIN_FRACTION",
     "EPS_TOP",
     "FLAT_Z",
     "LOCALIZATION_FACTORS",
+    "MAX_DRAWS",
+    "MAX_CORRECTION",
+    "MAX_ROUNDS",
+    "MIN_LOCALIZATION",
+    "MIN_STEPS",
     "NUM_STEP_SIZES",
     "POWER_ITERATIONS",
+    "RELAXATION_LIMIT",
+    "STEP_FRACTION",
+    "STEP_ROUNDING",
     "STEP_SIZE_DECADES",
+    "AutoCalibration",
     "Calibration",
     "CalibrationError",
+    "auto_calibrate",
+    "auto_settings",
     "calibrate",
     "choose_cell",
+    "corrected_llc",
+    "pooled_step_bias",
+    "relaxed",
     "stable_region",
 ]
