@@ -672,8 +672,11 @@ def resisting_term(residuals: dict, per_draw: dict) -> dict:
     out = {}
     for label, rows in residuals.items():
         values = np.concatenate([np.asarray(r)[np.asarray(e) < 0.6] for _, r, e in rows])
-        out[f"remainder_{label}"] = dict(
-            low=float(values.min()), high=float(values.max()), mean=float(values.mean())
+        values = values[np.isfinite(values)]
+        out[f"remainder_{label}"] = (
+            dict(low=float(values.min()), high=float(values.max()), mean=float(values.mean()))
+            if values.size
+            else dict(low=float("nan"), high=float("nan"), mean=float("nan"))
         )
     difference = np.stack(
         [
