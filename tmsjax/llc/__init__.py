@@ -21,8 +21,9 @@ The package, file by file:
 - :mod:`~tmsjax.llc.calibrate`: :func:`calibrate`, recommended ε, γ, nβ from one compiled grid,
   with the evidence (:class:`Calibration`; :class:`CalibrationError` when no cell is stable), and
   the cheap automatic calibration: :func:`auto_settings` (ε from the curvature at the centre, γ
-  and the chain length from a step budget) and :func:`auto_calibrate` (runs them, and reruns at a
-  smaller ε while the run's estimated step bias is above target; :class:`AutoCalibration`);
+  and the chain length from a step budget) and :func:`auto_calibrate` (runs them and returns λ̂
+  less the run's own estimated step bias, :func:`corrected_llc`; reruns at a smaller ε where that
+  bias is too large to remove; :class:`AutoCalibration`);
 - :mod:`~tmsjax.llc.exact`: exact learning coefficients to check λ̂ against (deep linear networks,
   reduced-rank regression, normal crossings, sums of monomials, regular models).
 
@@ -31,7 +32,7 @@ Examples:
   >>> from tmsjax import llc
   >>> def loss_fn(w, data):          # a regular quadratic in 2 dimensions: λ = 1
   ...     return jnp.sum(w**2)
-  >>> settings = llc.LLCSettings(nbeta=100.0, num_steps=2000, num_burnin=200)
+  >>> settings = llc.LLCSettings(5e-4, nbeta=100.0, num_steps=2000, num_burnin=200)
   >>> result = llc.estimate_llc(jax.random.key(0), loss_fn, jnp.zeros(2), settings=settings)
   >>> bool(llc.usable(result)), llc.verdict(result)
   (True, 'ok')
@@ -59,6 +60,7 @@ from tmsjax.llc.calibrate import (
     auto_calibrate,
     auto_settings,
     calibrate,
+    corrected_llc,
     stable_region,
 )
 from tmsjax.llc.checkpoints import stack_checkpoints
@@ -112,6 +114,7 @@ __all__ = [
     "auto_calibrate",
     "auto_settings",
     "calibrate",
+    "corrected_llc",
     "default_minibatch",
     "exact",
     "default_nbeta",

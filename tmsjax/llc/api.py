@@ -217,7 +217,7 @@ def estimate_llc(
       >>> from tmsjax.llc import LLCSettings, estimate_llc, verdict
       >>> def loss_fn(w, data):          # a regular quadratic in 3 dimensions: λ = 3/2
       ...     return jnp.sum(w**2)
-      >>> settings = LLCSettings(nbeta=100.0, num_steps=2000, num_burnin=200)
+      >>> settings = LLCSettings(5e-4, nbeta=100.0, num_steps=2000, num_burnin=200)
       >>> result = estimate_llc(jax.random.key(0), loss_fn, jnp.zeros(3), settings=settings)
       >>> abs(float(result.llc) - 1.5) < 0.3, verdict(result)
       (True, 'ok')

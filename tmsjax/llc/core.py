@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tmsjax.llc.health import MIN_ACCEPTANCE, LLCDiagnostics, diagnose
 from tmsjax.llc.settings import ChainSettings
@@ -65,6 +66,7 @@ class _StepOutput(NamedTuple):
     draw: Float[Array, " num_chains"]
     distance: Float[Array, " num_chains"]
     gradient_product: Float[Array, " num_chains"]
+    curvature_trace: Float[Array, " num_chains"]
     acceptance: Float[Array, " num_chains"]
     is_finite: Bool[Array, " num_chains"]
 
@@ -102,6 +104,21 @@ def default_minibatch(key: PRNGKey, data: Any, batch_size: int) -> Any:
 
 # ----------------------------------------------------------------------------------------------
 # The estimate
+
+#: At most this fraction of the steps pays a Hessian-vector product for the step-bias estimate's
+#: curvature trace (every draw when draws are sparse, as on long thinned chains; every k-th draw
+#: of a dense chain, whose steps would otherwise cost about twice as much).
+TRACE_FRACTION = 0.25
+
+
+def trace_mask(chains: ChainSettings) -> np.ndarray:
+    """(num_steps,) bool: the draws where the curvature trace is measured (module constant)."""
+    mask = chains.draw_mask
+    budget = max(1, int(TRACE_FRACTION * chains.num_steps))
+    stride = max(1, -(-chains.num_draws // budget))  # ceil: at most `budget` traced draws
+    traced = np.zeros_like(mask)
+    traced[np.flatnonzero(mask)[::stride]] = True
+    return traced
 
 
 def sample_llc(
@@ -160,6 +177,7 @@ def sample_llc(
     # The SGLD discretisation-bias estimate (health.diagnose) needs the full-data gradient at the
     # draws; the other samplers' biases are judged by their acceptance instead.
     estimates_bias = bool(getattr(sampler, "estimates_bias", False))
+    traces_curvature = estimates_bias and chains.trace_curvature
     value_and_grad = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(0, None))
 
     def squared_distance(position):
@@ -170,13 +188,34 @@ def sample_llc(
         pairs = zip(jax.tree.leaves(position), jax.tree.leaves(grad), center_leaves)
         return sum(jnp.sum(nbeta * g * (nbeta * g + localization * (w - c))) for w, g, c in pairs)
 
+    def curvature_trace(key, position):
+        r"""Hutchinson's :math:`v^\top\nabla^2(n\beta L_n)\,v`, v Rademacher: an unbiased
+        estimate of :math:`\Delta(n\beta L_n)` at the position (full data), independent of the
+        draw's loss given the position, so its covariance with the loss is that of the trace."""
+        leaves, treedef = jax.tree.flatten(position)
+        keys = jax.random.split(key, len(leaves))
+        signs = [jax.random.rademacher(k, jnp.shape(x), x.dtype) for k, x in zip(keys, leaves)]
+        direction = jax.tree.unflatten(treedef, signs)
+        _, hvp = jax.jvp(lambda p: jax.grad(loss_fn)(p, data), (position,), (direction,))
+        pairs = zip(signs, jax.tree.leaves(hvp))
+        return nbeta * sum(jnp.sum(v * h) for v, h in pairs)
+
     center_leaves = jax.tree.leaves(center)
     per_chain_distance = jax.vmap(squared_distance)
     per_chain_product = jax.vmap(gradient_product)
+    per_chain_trace = jax.vmap(curvature_trace)
     nans = jnp.full((num_chains,), jnp.nan, dtype)
 
+    def traces_at_draws(step_key, position, is_traced):
+        """The curvature traces at the traced draws (an HVP per chain), NaN elsewhere."""
+        if not traces_curvature:
+            return nans
+        # fold_in, not split: the chains' own keys stay those of the runs before this estimate.
+        keys = jax.random.split(jax.random.fold_in(step_key, 1), num_chains)
+        return jax.lax.cond(is_traced, per_chain_trace, lambda k, p: nans, keys, position)
+
     def one_step(state, inputs):
-        step_key, is_draw = inputs
+        step_key, is_draw, is_traced = inputs
         key_batch, key_chains = jax.random.split(step_key)
         batch = data if full_batch else minibatch_fn(key_batch, data, chains.batch_size)
         chain_keys = jax.random.split(key_chains, num_chains)
@@ -201,11 +240,18 @@ def sample_llc(
         else:
             # Batch-loss draws are the pre-step position's; no full-data gradient there.
             draw, distance, product = trace, per_chain_distance(previous), nans
-        output = _StepOutput(trace, draw, distance, product, info.acceptance, info.is_finite)
+        if full_batch or measure_full:
+            curvature = traces_at_draws(step_key, state.position, is_traced)
+        else:
+            curvature = nans
+        output = _StepOutput(
+            trace, draw, distance, product, curvature, info.acceptance, info.is_finite
+        )
         return state, output
 
     step_keys = jax.random.split(key, chains.num_steps)
-    _, out = jax.lax.scan(one_step, state, (step_keys, jnp.asarray(draw_mask)))
+    inputs = (step_keys, jnp.asarray(draw_mask), jnp.asarray(trace_mask(chains)))
+    _, out = jax.lax.scan(one_step, state, inputs)
     out = jax.tree.map(lambda x: x.T, out)  # (chains, steps)
     # Full-data draws are measured at w_{t+1}; batch-loss draws at the pre-step w_t (as devinterp).
     draws = out.draw[:, draw_mask]
@@ -228,6 +274,7 @@ def sample_llc(
         min_acceptance,
         distances=out.distance[:, draw_mask],
         gradient_products=out.gradient_product[:, draw_mask] if estimates_bias else None,
+        curvature_traces=out.curvature_trace[:, draw_mask] if traces_curvature else None,
         step_size=step_size,
         localization=localization,
     )

@@ -23,19 +23,30 @@ program so that they batch over grids and runs × checkpoints like λ̂ itself:
   drifting.
   Usually: too short a burn-in, or a slow escape.
 - ``low_acceptance`` (shown as "step size too large"): the discretisation bias of λ̂ is large.
-  For plain SGLD with a full-data gradient at the draws it is *estimated*: along a direction of
-  curvature :math:`k = n\beta a + \gamma` the Euler chain's variance is
-  :math:`1/(k(1 - \epsilon k/4))`, which raises that direction's share
-  :math:`\tfrac12 n\beta a/k` of λ̂ by :math:`\epsilon n\beta a/8`; summed over directions,
-  :math:`b_\epsilon \approx \frac\epsilon8\,\mathrm{tr}\,\nabla^2(n\beta L_n)
-  = \frac\epsilon8\,\mathbb{E}[\nabla(n\beta L_n)\cdot\nabla U]` (integration by parts,
-  :math:`U = n\beta L_n + \frac\gamma2\lVert w - w^*\rVert^2`), averaged over the draws, so it sees
-  the curvature where the chain is, not only at :math:`w^*`. The flag fires when the pooled
+  For plain SGLD with a full-data gradient at the draws it is *estimated*. The Euler chain
+  :math:`w' = w - \frac\epsilon2\nabla U + \sqrt\epsilon\,\xi` samples, to first order in
+  :math:`h = \epsilon/2`, the density :math:`\pi(1 + h(\frac14\lVert\nabla U\rVert^2 -
+  \frac12\Delta U))` (the modified equation of Euler–Maruyama), so the bias of
+  :math:`\mathbb{E}[f]`, :math:`f = n\beta L_n`, is
+  :math:`h\,\mathrm{Cov}(f, \frac14\lVert\nabla U\rVert^2 - \frac12\Delta U)`; with
+  :math:`\mathbb{E}[\nabla f\cdot\nabla U] = \mathrm{Cov}(f, \lVert\nabla U\rVert^2 - \Delta U)`
+  (integration by parts) that is
+
+  .. math:: b_\epsilon \approx \frac\epsilon8\Big(\mathbb{E}[\nabla(n\beta L_n)\cdot\nabla U]
+            - \mathrm{Cov}\big(n\beta L_n, \Delta(n\beta L_n)\big)\Big),
+
+  :math:`U = n\beta L_n + \frac\gamma2\lVert w - w^*\rVert^2`, averaged over the draws (the
+  Laplacian by Hutchinson's estimator, one Hessian-vector product per draw), so it sees the
+  curvature where the chain is, not only at :math:`w^*`. For a Gaussian the covariance vanishes
+  and the first term is exact at any stable ε (along a direction of curvature
+  :math:`k = n\beta a + \gamma` the Euler variance is :math:`1/(k(1 - \epsilon k/4))`); where the
+  loss and its curvature grow together (a quartic, a singular valley) the first term alone
+  overstates the bias (2× on :math:`w^4/4`, ``tests/test_llc.py``). The flag fires when the pooled
   :math:`b_\epsilon` (mean over chains) exceeds :data:`STEP_BIAS_RELATIVE` of the pooled λ̂ and
   2 standard errors of that mean (one chain's excursion into a stiff region is not evidence); it
-  then marks every chain. Exact for a Gaussian to first order in εk; on singular losses it is a
-  heuristic, checked on the deep-linear-network suite (``benchmarks/llc_accuracy.py``: +7% and
-  +4% estimated where λ̂ was +5 to +8% and +2% high). Otherwise (other samplers,
+  then marks every chain. First order in ε for any smooth U; the deep-linear-network suite
+  (``benchmarks/llc_accuracy.py``) checks it on singular losses, where
+  :func:`tmsjax.llc.auto_calibrate` subtracts it. Otherwise (other samplers,
   batch-loss draws) the mean MALA acceptance estimate below the sampler's ``min_acceptance``
   (:data:`MIN_ACCEPTANCE` for SGLD) raises it. The acceptance is a poor proxy for the bias: with
   many directions it falls while each one's bias stays small (an accurate 41.1 vs 42 estimate had
@@ -213,6 +224,7 @@ def diagnose(
     gradient_products=None,
     step_size=None,
     localization=None,
+    curvature_traces=None,
 ) -> LLCDiagnostics:
     r"""The diagnostics of one estimate's chains (traceable; the core's last step).
 
@@ -232,6 +244,9 @@ def diagnose(
         NaN) where it does not apply: the acceptance rule decides then.
       step_size: ε (with `gradient_products`).
       localization: γ (with `distances`).
+      curvature_traces: unbiased estimates of :math:`\Delta(n\beta L_n)` at each draw
+        (Hutchinson; NaN at draws not traced), (num_chains, num_draws), for the non-Gaussian term
+        of the bias estimate; None: that term is left out (exact for Gaussian posteriors only).
     """
     num_chains, num_draws = draws.shape[-2:]
     escape_fraction = jnp.mean(draws < init_loss, axis=-1)
@@ -272,8 +287,23 @@ def diagnose(
 
     step_bias = nan
     if gradient_products is not None and step_size is not None:
-        step_bias = step_size / 8 * jnp.mean(gradient_products, axis=-1) / scale
-        pooled_bias = step_size / 8 * jnp.mean(gradient_products, axis=-1) / pooled_llc
+        # (ε/8)(E[∇f·∇U] − Cov(f, ΔU)), f = nβL_n (module docstring): the Cov term is ΔU's part;
+        # the γ d in ΔU is a constant, so the trace of ∇²(nβL_n) stands for it.
+        slope = jnp.mean(gradient_products, axis=-1)
+        if curvature_traces is not None:
+            # Over the draws where the trace was measured (NaN elsewhere: a dense chain traces
+            # every k-th draw only, core.TRACE_FRACTION).
+            traced = jnp.isfinite(curvature_traces)
+            count = jnp.maximum(jnp.sum(traced, axis=-1, keepdims=True), 1)
+
+            def traced_mean(x):
+                return jnp.sum(jnp.where(traced, x, 0.0), axis=-1, keepdims=True) / count
+
+            loss_dev = nbeta * (draws - traced_mean(draws))
+            trace_dev = curvature_traces - traced_mean(curvature_traces)
+            slope = slope - traced_mean(jnp.where(traced, loss_dev * trace_dev, 0.0))[..., 0]
+        step_bias = step_size / 8 * slope / scale
+        pooled_bias = step_size / 8 * slope / pooled_llc
         too_large = significant(pooled_bias, STEP_BIAS_RELATIVE)
     low_acceptance = jnp.where(
         jnp.isnan(step_bias),
