@@ -365,9 +365,9 @@ def euler_expectation(nbeta, step_size, localization):
 
 def test_auto_calibrate_corrects_the_step_bias_and_reruns_in_the_same_program(key):
     # step_fraction 2.5: εk* = 2.5 at the stiff direction, an Euler bias (ε nβa/8)/(1 − εk/4) of
-    # about half of λ̂, above MAX_CORRECTION: one rerun at ε·(0.25/2)/b in the same compiled
-    # program, whose corrected λ̂ is the exact (ε → 0) localized expectation: the correction is
-    # exact for a Gaussian.
+    # about half of λ̂, above MAX_CORRECTION: one rerun at ε·(MAX_CORRECTION/2)/b in the same
+    # compiled program, whose corrected λ̂ is the exact (ε → 0) localized expectation: the
+    # correction is exact for a Gaussian.
     compiled = []
 
     class Recorder(logging.Handler):
@@ -399,12 +399,13 @@ def test_auto_calibrate_corrects_the_step_bias_and_reruns_in_the_same_program(ke
     )
     assert first["step_bias"] > MAX_CORRECTION
     assert first["step_bias"] * first["llc"] == pytest.approx(exact_bias, rel=0.15)
-    assert last["step_size"] == pytest.approx(first["step_size"] * 0.125 / first["step_bias"])
+    factor = 0.5 * MAX_CORRECTION / first["step_bias"]
+    assert last["step_size"] == pytest.approx(first["step_size"] * factor)
     # 1/(εγ) = 4000.4 steps at the first ε and γ = 1, rounded up; the rerun keeps them.
     assert found.settings.num_steps == 5000
     # The corrected λ̂ is the exact ε → 0 expectation at the final γ; the raw one is not.
     chosen = found.settings
     expected = euler_expectation(NBETA, 0.0, chosen.localization)
     assert abs(found.llc - expected) < 4 * found.stderr and 4 * found.stderr < 0.15
-    assert found.step_bias == last["step_bias"] and 0.05 < last["step_bias"] < 0.25
+    assert found.step_bias == last["step_bias"] and 0.05 < last["step_bias"] < MAX_CORRECTION
     assert found.verdict == "ok" and llc.verdict(found.result).startswith("step size too large")
