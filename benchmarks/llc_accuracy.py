@@ -26,30 +26,35 @@ Each is centred at
   entry is 0, the product is unchanged, and since the move is a diffeomorphism of parameter space
   that keeps the loss, λ is the same. (The localization term is not invariant under it.)
 
-**The settings rule**, :func:`settings_for` (the one function a calibration replaces;
-``--calibrate`` uses :func:`tmsjax.llc.calibrate` instead). With k* the largest
-eigenvalue of the loss's Hessian at w* (power iteration on Hessian-vector products) and a step
+**The settings: the library's automatic calibration**, :func:`tmsjax.llc.auto_calibrate` (nothing
+here knows it is a deep linear network; ``--calibrate`` uses the grid :func:`tmsjax.llc.calibrate`
+started from :func:`tmsjax.llc.auto_settings` instead). Its only input beyond the problem is a step
 budget S(d) = min(max_steps, param_steps / d) set by the preset (90,000 steps and 1.5·10⁸ / d on
-the default preset, sized so that each case runs ≤ 30 s on 2 idle CPU cores):
+the default preset, sized so that one run of each case takes ≤ 30 s on 2 CPU cores). With k* the
+largest eigenvalue of the loss's Hessian at w* (power iteration on Hessian-vector products):
 
-- ε = c / (nβ k*), c = 0.1: the stiffest direction at w* moves a tenth of its posterior width per
-  step (Euler variance inflation εnβk/4 ≈ 2.5% there);
+- ε = c / (nβ k* + 1), c = 0.2: the stiffest direction at w* moves a fifth of its posterior width
+  per step;
 - γ = max(1, 1 / (ε S(d))): the smallest localization (at least 1, in units where the true factors
   are of order 1) whose relaxation time 1/(εγ), the time a direction held only by the localization
   takes to spread, fits into the budget;
 - 1/(εγ) steps (rounded up to 1000, at least 2000), the first half burn-in, thinned to ≤ 1000 draws
-  per chain; 4 chains.
+  per chain; 4 chains;
+- the estimate is λ̂ less the run's own estimate of its discretisation bias,
+  b = (ε/8)(E[∇(nβL)·∇U] − Cov(nβL, Δ(nβL))) (the first order in ε of the Euler chain's invariant
+  measure; :func:`tmsjax.llc.corrected_llc`); where b > 30% of λ̂ the run is repeated at a smaller ε
+  in the same compiled program, γ again from the budget.
 
-Per case: widths, rank, d, exact λ and its multiplicity m, λ̂ ± stderr, relative error, verdict,
-usable, the settings, seconds (run and compile apart: compile is the sum of jax.monitoring's compile
-events during the one ``estimate_llc`` call, ``settings_s`` the rule's own time, its power
-iteration's compile included). Summary rows, population and finite apart, over the cases with
-d ≤ 10⁴: median and max |relative error|, median signed error, and ``num_bad_called_ok``: how many
-cases with |error| > 15% the verdict called "ok" (the target is none). Each row also has the
-health check's estimates: ``step_bias`` (the largest chain's estimated discretisation bias,
-(ε/8)E[∇(nβL)·∇U]/λ̂) and ``localization_sensitivity`` (the estimated change of λ̂ when γ is
-halved, from −(γ/2)Cov(nβL, ‖w − w*‖²)); :mod:`tmsjax.llc.health` turns them into the verdicts
-"step size too large" and "localization-limited".
+Per case: widths, rank, d, exact λ and its multiplicity m, λ̂ ± stderr (corrected), relative
+error, verdict (of the corrected estimate: "step size too large" only above 30%), usable, the raw
+λ̂, its error and verdict, the correction b, the settings, runs made, seconds (run and compile
+apart: compile is the sum of jax.monitoring's compile events during the one ``auto_calibrate``
+call, power iteration included) and ``chain_param_steps`` (SGLD steps × chains × parameters over
+every run: the machine-independent cost). Summary rows, population and finite apart, over the
+cases with d ≤ 10⁴: median and max |relative error|, median signed error, and
+``num_bad_called_ok``: how many cases with |error| > 15% the verdict called "ok" (the target is
+none). Each row also has ``localization_sensitivity`` (the estimated change of λ̂ when γ is halved,
+from −(γ/2)Cov(nβL, ‖w − w*‖²)), which :mod:`tmsjax.llc.health` turns into "localization-limited".
 
 devinterp 1.3.2 runs the same cases at the same ε, γ, nβ, chains, burn-in fraction and thinning
 when the optional ``[devinterp]`` extra is installed (as benchmarks/llc_devinterp.py calls it:
@@ -61,53 +66,38 @@ per step on the population case and 85 ms on the finite one of 3-2-3, whose Data
 ``--devinterp-steps N`` caps its chains (same burn-in fraction; ``baseline_steps`` says how many
 it ran, and ``ratio`` is its time per step over ours).
 
-Typical result (CPU, 2 cores shared with other jobs, load average 12-15 throughout, jax 0.10.2,
-default preset, ``--devinterp-only "3-2-3 r=1" --devinterp-steps 1000``, 25.5 min wall; the table
-is in benchmarks/results/llc_accuracy-cpu-2core.json):
+Typical result (CPU, 2 cores shared with one other single-threaded job, load average 1.0-1.6
+during the run, jax 0.10.2, default preset, ``--devinterp-only "3-2-3 r=1" --devinterp-steps
+1000``, 9 min wall; the table is in benchmarks/results/llc_accuracy-cpu-2core.json):
 
-- population, 16 cases: median |error| 3.0%, max 22.5% (30-25-20-25 singular), median signed 0.0%;
-- finite n, 16 cases: median |error| 4.6%, max 23.6% (30-25-20-25 singular), median signed −0.3%;
-- |error| > 15%: 2 of 32 cases (30-25-20-25 at its singular point, both losses), both called
-  "step size too large (λ̂ biased about +20% / +17%)" (errors +22.5% / +23.6%): none called "ok"
-  (the target). Every estimate is usable; 17 of 32 say "ok" (errors −12.9% to +4.6%; the largest
-  are the 10⁴-parameter generic cases, −12.4% / −12.9%, and 8-8-8-8-8-8 generic, −11% / −12%).
-  15 say "step size too large", with an estimated bias near the measured error where the error is
-  positive (+7.1% estimated, +5.4% / +7.6% measured at 20-15-20 singular; +19% / +15% estimated,
-  +13.8% / +13.1% at 12-16-16-16-16-12 singular).
-- time: run 0.4-70 s per case under that load (11 cases over 30 s: the 12-16-16-16-16-12 and
-  30-25-20-25 cases at 42-70 s, the 10⁴-parameter ones at 31-44 s); on a less loaded machine the
-  earlier 45,000-step runs took ≤ 23 s per case.
-- devinterp 1.3.2 on the four 3-2-3 cases, same ε, γ, nβ, capped at 1000 steps: population
-  3.24 and 2.92 (−7%, −16%), finite 2.30 and −5.35 (−34%, −253%), 840-2500× our time per step.
+- population, 16 cases: median |error| 2.8%, max 9.2% (3-2-3 generic, −9.2%), median signed −0.6%;
+- finite n, 16 cases: median |error| 5.8%, max 9.9% (12-16-16-16-16-12 singular, +9.9% ± 1.7%),
+  median signed +2.8%;
+- no case off by more than 15% (so none called "ok"); closest in standard errors: 50-50-50-50-50
+  generic, +7.5% ± 3.8% and +8.3% ± 3.4% (2 standard errors from 15%). Every estimate usable; 21
+  of 32 say "ok", 11 "localization-limited" (+6% to +16% per halving of γ: the 5-layer networks,
+  the 10⁴-parameter ones, 6-5-4-5-6 singular), none "step size too large";
+- the correction removed b = −2% to +28% of the raw λ̂ (raw errors up to +46%: 12-16-16-16-16-12
+  singular); every case took one run (none had b above MAX_CORRECTION = 30%);
+- what is left: the 2- and 3-layer networks of rank 1 (multiplicity m = 2, 3) come out −6% to −9%
+  (at finite nβ the expected λ̂ of a multiplicity-m point lies below λ by about (m − 1)/log nβ,
+  the derivative of the free energy's (m − 1) log log nβ term: 4% and 5% of λ here; the raw λ̂
+  was within 5% there only because its step bias cancelled that); the finite-n cases of the
+  larger networks +4% to +10% (minibatch gradient noise, which b does not see: the same cases on
+  the population loss are within ±4%); the 10⁴-parameter generic cases have the widest error bars
+  (±3.5%: one Hutchinson probe per draw makes the covariance term noisy in 10⁴ dimensions; with
+  a budget of 1.3·10⁸ / d instead, γ = 8.7, it read b = −12% and the error +13% ± 5%);
+- time: run 0.3-40 s per case, compile 4-10 s; one case over 30 s: 30-25-20-25 finite generic,
+  6·10⁸ chain·param·steps, 27-40 s over four runs (32 s alone at load 1.2; the machine was
+  shared throughout); 12-16-16-16-16-12 finite 28-29 s; everything else ≤ 23 s;
+- devinterp 1.3.2 on the four 3-2-3 cases, same ε, γ, nβ, capped at 1000 steps: population −2.3%
+  and −6.5%, finite −26% and −242%, 166-416× our time per step.
 
-The previous rule (45,000-step budget) gave max errors 18-19% at 8-8-8-8-8-8 generic, called
-"ok" by the verdict of the time; doubling the budget halves γ where the budget binds, which cuts
-the deep networks' localization bias (−18% → −11%) but lets the shallow-wide 3-layer network's
-chains wander into stiffer regions at its singular point (+5% → +23%), which the step-bias
-estimate names. A pilot run that rescaled ε to a target estimated bias was tried and dropped: the
-pilot, at a larger γ, sees less of the stiff regions than the run it sets up (errors +5-12% on the
-4- and 6-layer cases).
-
-What limits accuracy, from these runs and from sweeps of ε, γ and chain length on the same cases:
-
-- γ, on deep networks: the localization cuts the posterior's volume in the flat (singular)
-  directions and biases λ̂ down, more the deeper the network and more at the generic point (whose
-  curvature is larger, so ε is smaller and γ, from the budget, larger). Measured on 8-8-8-8-8-8
-  generic (population): γ = 7.85, 3.92, 1.96 give −18%, −11%, 0%. The health check's
-  localization sensitivity, −(γ/2)Cov(nβL, ‖w − w*‖²), read +6%, +10%, +17% per halving of γ on
-  the raw draws; on detrended draws (what the health check now uses, so that a chain still
-  relaxing from w* does not pass its transient for a covariance) it reads about +1% at γ = 3.92:
-  the flag fires on 12-16-16-16-16-12 (+6-8%) but not on these cases, whose chains spend the whole
-  budget in one relaxation time 1/(εγ).
-- ε, on shallow networks at small γ: the chains spread along the flat directions into regions whose
-  curvature is up to ~10× that at w* (measured: k = 4.2 at w*, 41 after burn-in for 20-15-20), so
-  an ε set from w* is too large there and λ̂ comes out high. The estimated discretisation bias,
-  (ε/8)E[∇(nβL)·∇U] over the draws, sees that curvature and names it, in minibatch mode too (its
-  gradients are full-data ones at the draws), where the MALA acceptance on a 256-row batch read
-  0.98-1.0 whatever ε.
-- chain length: the rule spends the whole budget on one relaxation time; on the 10⁴-parameter case
-  (15,000 steps) that forces γ = 10-15, and −7% / −13%. A GPU budget (``--preset large``,
-  untested: no GPU was lent when this was written) buys a smaller γ.
+Before this calibration (settings from the same rule with c = 0.1 and no correction, load 12):
+median 3.0% / 4.6%, max +22.5% / +23.6% (30-25-20-25 singular, called "step size too large"),
+11 cases over 30 s. Closing the loop by shrinking ε instead (rerun at ε·0.05/b while b > 5%, γ
+from the budget, so larger) gave max 19% at 12-16-16-16-16-12 singular (γ 8.5), called "ok": the
+localization bias of deep networks grows with γ and the diagnostics do not see it there.
 
 Usage: python -m benchmarks.llc_accuracy [--quick | --preset {quick,default,large}] [--calibrate]
        [--no-devinterp] [--only SUBSTRING] [--devinterp-only SUBSTRING] [--devinterp-steps N]
@@ -131,7 +121,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import print_table, report
-from tmsjax.llc import LLCSettings, calibrate, estimate_llc, exact, usable, verdict
+from tmsjax.llc import (
+    AutoCalibration,
+    LLCSettings,
+    auto_calibrate,
+    auto_settings,
+    calibrate,
+    estimate_llc,
+    exact,
+    usable,
+    verdict,
+)
+from tmsjax.llc.calibrate import MAX_DRAWS, MIN_STEPS, pooled_step_bias
 
 NAME = "llc_accuracy"
 
@@ -142,15 +143,8 @@ BATCH_SIZE = 256
 SINGULAR_VALUES = (0.5, 1.5)  # the range of A₀'s nonzero singular values
 GENERIC_SPREAD = 0.5  # log singular values of the generic point's G in [-spread, spread]
 
-# The settings rule (settings_for).
-STEP_FRACTION = 0.1  # c: ε = c / (nβ k*)
-MIN_LOCALIZATION = 1.0  # γ never below this
-RELAXATIONS = 1.0  # κ: chain length in relaxation times 1/(εγ)
-BURNIN_FRACTION = 0.5  # of the steps
-MIN_STEPS = 2_000
-MAX_DRAWS = 1_000  # per chain, after thinning
+# The settings (tmsjax.llc.auto_calibrate, with a step budget set by the preset).
 NUM_CHAINS = 4
-POWER_ITERATIONS = 50
 
 # The accuracy summary.
 SUMMARY_MAX_PARAMS = 10_000
@@ -344,7 +338,6 @@ class Case:
     exact: exact.LearningCoefficient
     max_steps: int
     param_steps: float
-    curvature: float = float("nan")  # k*, filled by build_case
 
     @property
     def num_params(self) -> int:
@@ -358,30 +351,6 @@ class Case:
     def label(self) -> str:
         widths = "-".join(map(str, self.widths))
         return f"{widths} r={self.rank} {self.kind[:3]} {self.point[:4]}"
-
-
-@functools.partial(jax.jit, static_argnames=("loss_fn", "iterations"))
-def _top_curvature(key, center, data, *, loss_fn, iterations):
-    """The largest Hessian eigenvalue of loss_fn at center, by power iteration on HVPs."""
-    grad = jax.grad(loss_fn)
-
-    def hvp(v):
-        return jax.jvp(lambda w: grad(w, data), (center,), (v,))[1]
-
-    def dot(a, b):
-        return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-    leaves, tree = jax.tree.flatten(center)
-    keys = jax.random.split(key, len(leaves))
-    start = jax.tree.unflatten(tree, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
-
-    def body(v, _):
-        v = jax.tree.map(lambda x: x / jnp.sqrt(dot(v, v)), v)
-        hv = hvp(v)
-        return hv, dot(v, hv)
-
-    _, rayleigh = jax.lax.scan(body, start, None, length=iterations)
-    return rayleigh[-1]
 
 
 def build_case(widths, rank, kind, point, seed, preset: Preset) -> Case:
@@ -423,65 +392,51 @@ def cases_of(preset: Preset) -> list[Case]:
 # Settings
 
 
-def curvature(case: Case) -> float:
-    """k*, the largest eigenvalue of the loss's Hessian at w* (computed once per case)."""
-    if math.isnan(case.curvature):
-        case.curvature = float(
-            _top_curvature(
-                jax.random.key(case.seed),
-                case.center,
-                case.data,
-                loss_fn=case.loss_fn,
-                iterations=POWER_ITERATIONS,
-            )
-        )
-    return case.curvature
+def step_budget(case: Case) -> int:
+    """S(d) = min(max_steps, param_steps / d): the steps per chain a run may take."""
+    return max(MIN_STEPS, int(min(case.max_steps, case.param_steps / case.num_params)))
 
 
-def _settings_at(case: Case, step_size: float) -> LLCSettings:
-    """γ from the step budget and the chain length from the relaxation time, at a given ε."""
-    budget = max(MIN_STEPS, int(min(case.max_steps, case.param_steps / case.num_params)))
-    localization = max(MIN_LOCALIZATION, RELAXATIONS / (step_size * budget))
-    # κ relaxation times (= the budget unless γ sits at its floor), rounded up to 1000 steps so that
-    # the singular and generic points of an architecture share one compiled program.
-    steps = RELAXATIONS / (step_size * localization)
-    num_steps = min(budget, math.ceil(steps / 1000 - 1e-6) * 1000)
-    num_steps = max(MIN_STEPS, num_steps)
-    num_burnin = int(num_steps * BURNIN_FRACTION)
-    thinning = max(1, (num_steps - num_burnin) // MAX_DRAWS)
+def base_settings(case: Case) -> LLCSettings:
+    """What the calibration keeps: nβ, chains, batch size, full-data draws."""
     return LLCSettings(
-        step_size=step_size,
-        localization=localization,
-        nbeta=case.nbeta,
-        num_chains=NUM_CHAINS,
-        num_steps=num_steps,
-        num_burnin=num_burnin,
-        thinning=thinning,
-        batch_size=case.batch_size,
-        draw_loss="full",
+        nbeta=case.nbeta, num_chains=NUM_CHAINS, batch_size=case.batch_size, draw_loss="full"
     )
 
 
-def settings_for(case: Case) -> LLCSettings:
-    """The settings rule (module docstring): ε from the curvature at w*, γ from the step budget.
+def auto_estimate(case: Case) -> AutoCalibration:
+    """The library default: :func:`tmsjax.llc.auto_calibrate` at the preset's step budget."""
+    return auto_calibrate(
+        jax.random.key(case.seed),
+        case.loss_fn,
+        case.center,
+        case.data,
+        base_settings(case),
+        step_budget=step_budget(case),
+    )
 
-    One rule for every case, scaling with nβ, the curvature k* and the number of parameters d; a
-    calibration (``tmsjax.llc.calibrate``) replaces this function.
-    """
-    return _settings_at(case, STEP_FRACTION / (case.nbeta * curvature(case)))
 
-
-def calibrated_settings_for(case: Case) -> LLCSettings:
-    """Settings from :func:`tmsjax.llc.calibrate`, its grid started from the rule's settings."""
-    found = calibrate(
+def calibrated_estimate(case: Case) -> AutoCalibration:
+    """``--calibrate``: :func:`tmsjax.llc.calibrate`'s grid, started from auto_settings' ε and γ,
+    then one estimate at its choice (wrapped like auto_calibrate's answer)."""
+    start = auto_settings(
         jax.random.key(case.seed + 7),
         case.loss_fn,
         case.center,
         case.data,
-        settings_for(case),
-        num_data=NUM_DATA,
+        base_settings(case),
+        step_budget=step_budget(case),
     )
-    return found.settings
+    found = calibrate(jax.random.key(case.seed + 7), case.loss_fn, case.center, case.data, start)
+    result = estimate_llc(
+        jax.random.key(case.seed), case.loss_fn, case.center, case.data, found.settings,
+        on_failure="return",
+    )  # fmt: skip
+    nan = float("nan")  # no bias correction: the grid's choice is judged raw
+    return AutoCalibration(
+        float(result.llc), float(result.stderr), nan, found.settings, result, found.curvature, (),
+        found.reason,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -505,16 +460,16 @@ def _listen_for_compiles() -> None:
     _LISTENING = True
 
 
-def timed_estimate(case: Case, settings: LLCSettings, key):
-    """(result, run seconds, compile seconds) of one estimate_llc call."""
+def timed(rule: Callable[[Case], AutoCalibration], case: Case):
+    """(the rule's answer, run seconds, compile seconds) of one call: every run it makes and its
+    power iteration, compiles apart."""
     _listen_for_compiles()
     _COMPILE_SECONDS.clear()
     start = time.perf_counter()
-    result = estimate_llc(key, case.loss_fn, case.center, case.data, settings, on_failure="return")
-    result = jax.block_until_ready(result)
+    found = jax.block_until_ready(rule(case))
     total = time.perf_counter() - start
     compile_s = min(sum(_COMPILE_SECONDS), total)
-    return result, total - compile_s, compile_s
+    return found, total - compile_s, compile_s
 
 
 # ----------------------------------------------------------------------------------------------
@@ -606,21 +561,22 @@ def _nan_max(values) -> float:
 
 def estimate_case(
     case: Case,
-    rule: Callable[[Case], LLCSettings],
+    rule: Callable[[Case], AutoCalibration],
     with_devinterp: bool,
     devinterp_steps: int | None = None,
 ) -> dict:
-    start = time.perf_counter()
-    settings = rule(case)
-    settings_s = time.perf_counter() - start
-    result, run_s, compile_s = timed_estimate(case, settings, jax.random.key(case.seed))
+    found, run_s, compile_s = timed(rule, case)
+    settings, result = found.settings, found.result
+    num_runs = max(1, len(found.rounds))
     lam = case.exact.llc
-    llc, stderr = float(result.llc), float(result.stderr)
+    llc, stderr = found.llc, found.stderr
     row = {
         "workload": f"DLN {case.label}",
         "tmsjax_s": run_s,
         "compile_s": compile_s,
-        "settings_s": settings_s,
+        # Machine-independent cost: SGLD steps × chains × parameters over every run made.
+        "chain_param_steps": num_runs * settings.num_steps * NUM_CHAINS * case.num_params,
+        "rounds": len(found.rounds),
         "kind": case.kind,
         "point": case.point,
         "widths": list(case.widths),
@@ -632,14 +588,22 @@ def estimate_case(
         "llc": llc,
         "stderr": stderr,
         "rel_error": (llc - lam) / lam,
-        "verdict": verdict(result),
+        "verdict": found.verdict,
+        # The last run before the correction, and the correction removed (a fraction of it).
+        "llc_raw": float(result.llc),
+        "rel_error_raw": (float(result.llc) - lam) / lam,
+        "verdict_raw": verdict(result),
+        "correction": found.step_bias,
         "usable": bool(usable(result)),
         "acceptance": float(np.nanmean(np.asarray(result.diagnostics.acceptance))),
         "step_bias": _nan_max(result.diagnostics.step_bias),
+        "step_bias_pooled": pooled_step_bias(result)[0],
+        "first_llc": found.rounds[0]["llc"] if found.rounds else float("nan"),
+        "first_step_bias": found.rounds[0]["step_bias"] if found.rounds else float("nan"),
         "localization_sensitivity": float(
             np.asarray(result.diagnostics.localization_sensitivity)[0]
         ),
-        "curvature": case.curvature,
+        "curvature": found.curvature,
         "nbeta": settings.nbeta,
         "step_size": settings.step_size,
         "localization": settings.localization,
@@ -730,9 +694,7 @@ def run(
     """Every case of the preset (``quick`` picks the quick one), then the summary rows."""
     name = preset or ("quick" if quick else "default")
     chosen = PRESETS[name]
-    rule = settings_for
-    if use_calibration:
-        rule = calibrated_settings_for
+    rule = calibrated_estimate if use_calibration else auto_estimate
     with_devinterp = devinterp and devinterp_available()
     if devinterp and not with_devinterp:
         print(
@@ -747,13 +709,14 @@ def run(
         theirs = with_devinterp and (devinterp_only is None or devinterp_only in case.label)
         row = estimate_case(case, rule, theirs, devinterp_steps)
         row["preset"] = name
-        row["rule"] = "calibrate" if use_calibration else "settings_for"
+        row["rule"] = "calibrate" if use_calibration else "auto_calibrate"
         rows.append(row)
         print(
             f"{row['workload']:<40} d={row['params']:<6} λ={row['llc_exact']:<8.4g} "
             f"λ̂={row['llc']:.4g}±{row['stderr']:.2g} err={row['rel_error']:+.3f} "
-            f"γ={row['localization']:.3g} steps={row['num_steps']} acc={row['acceptance']:.3f} "
-            f"bias={row['step_bias']:+.3f} half-γ={row['localization_sensitivity']:+.3f} "
+            f"(raw {row['rel_error_raw']:+.3f}, bias {row['correction']:+.3f}) "
+            f"γ={row['localization']:.3g} steps={row['num_steps']}×{row['rounds']} "
+            f"half-γ={row['localization_sensitivity']:+.3f} "
             f"run={row['tmsjax_s']:.1f}s compile={row['compile_s']:.1f}s {row['verdict']}",
             flush=True,
         )
@@ -773,7 +736,7 @@ CASE_COLUMNS = [
     "verdict",
     "localization",
     "num_steps",
-    "acceptance",
+    "rounds",
     "tmsjax_s",
     "compile_s",
 ]

@@ -124,7 +124,7 @@ Ways of closing the loop, measured on the 32 deep-linear-network cases of
   localization bias of the deep networks, downward);
 - the correction with b's covariance term, c = 0.2 (the default: a larger ε buys a smaller γ):
   population median 2.8%, max 9.2%; finite data median 5.8%, max 9.9% (minibatch gradient noise,
-  which b does not see, adds a few percent there); one run per case but one.
+  which b does not see, adds a few percent there); one run per case.
 
 A pilot run at a larger γ to rescale ε (tried first) sees fewer stiff regions than the real run
 and under-corrects.
@@ -874,8 +874,11 @@ def corrected_llc(result: LLCResult) -> tuple[float, float]:
     estimate is :math:`\frac\epsilon8 n\beta a\,k\,v`, the same number. Beyond Gaussians it leaves
     an O(ε²) remainder (``tests/test_llc.py``: a quartic), and on minibatches it misses the
     gradient noise's own bias; measured on the deep linear networks of
-    ``benchmarks/llc_accuracy.py``: corrections up to 25% left errors of −9% to +10%. The raw λ̂
-    (NaN bias) where the sampler does not estimate the bias (not plain SGLD, or batch-loss draws).
+    ``benchmarks/llc_accuracy.py``: corrections up to 28% left errors of −9% to +10%. One
+    Hutchinson probe per draw makes the covariance term noisy in many dimensions (the standard
+    error, which includes it, was ±4-5% of λ̂ on a 10⁴-parameter network, ±1.3% with the first term
+    alone). The raw λ̂ (NaN bias) where the sampler does not estimate the bias (not plain SGLD, or
+    batch-loss draws).
 
     Args:
       result: a single :class:`~tmsjax.llc.LLCResult`.
