@@ -80,8 +80,10 @@ References:
 """
 
 import functools
+import math
 from typing import NamedTuple
 
+import blackjax.diagnostics as blackjax_diagnostics
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,12 +160,14 @@ def integrated_time(draws: Float[Array, "... num"]) -> Float[Array, "..."]:
     .. math:: \hat\tau = -1 + 2\sum_{k=0}^{K} \tilde\Gamma_k, \qquad
               \Gamma_k = \hat\rho(2k) + \hat\rho(2k+1),
 
-    with :math:`\hat\rho` the empirical autocorrelation (FFT), :math:`\tilde\Gamma_k` the running
+    with :math:`\hat\rho` the empirical autocorrelation, :math:`\tilde\Gamma_k` the running
     minimum of :math:`\Gamma_k` (monotone), and K the last index before the first non-positive
-    :math:`\Gamma_k` (Geyer 1992, "Practical Markov chain Monte Carlo", Stat. Sci. 7). The variance
-    of a row's mean is :math:`\hat\sigma^2\hat\tau/N`. Fixed shapes and masks only: traceable,
-    jit- and vmap-safe. Floored at 1 (an anticorrelated row is treated as independent: the
-    conservative side for a drift test); 1 for a constant row.
+    :math:`\Gamma_k` (Geyer 1992, "Practical Markov chain Monte Carlo", Stat. Sci. 7): each row as
+    one chain of :func:`blackjax.diagnostics.effective_sample_size`,
+    :math:`\hat\tau = N/\mathrm{ESS}`. The variance of a row's mean is
+    :math:`\hat\sigma^2\hat\tau/N`. Traceable, jit- and vmap-safe. Floored at 1 (an
+    anticorrelated row is treated as independent: the conservative side for a drift test); 1 for a
+    constant row.
 
     Args:
       draws: (..., num) rows of a chain's draws (num ≥ 2).
@@ -172,17 +176,18 @@ def integrated_time(draws: Float[Array, "... num"]) -> Float[Array, "..."]:
       (...,) the estimated τ of each row.
     """
     num = draws.shape[-1]
-    centred = draws - jnp.mean(draws, axis=-1, keepdims=True)
-    spectrum = jnp.fft.rfft(centred, n=2 * num, axis=-1)
-    autocovariance = jnp.fft.irfft(spectrum * jnp.conj(spectrum), n=2 * num, axis=-1)[..., :num]
-    variance = autocovariance[..., :1]
-    rho = autocovariance / jnp.where(variance > 0, variance, 1.0)
-    pairs = num // 2
-    gamma = rho[..., 0 : 2 * pairs : 2] + rho[..., 1 : 2 * pairs : 2]
-    initial = jnp.cumprod(gamma > 0, axis=-1).astype(bool)  # up to the first Γ_k ≤ 0
-    monotone = jax.lax.cummin(gamma, axis=gamma.ndim - 1)
-    tau = -1.0 + 2.0 * jnp.sum(jnp.where(initial, monotone, 0.0), axis=-1)
-    return jnp.where(variance[..., 0] > 0, jnp.maximum(tau, 1.0), 1.0)
+    rows = draws.reshape(-1, num)
+    ess = jax.vmap(
+        lambda row: blackjax_diagnostics.effective_sample_size(
+            row[None], chain_axis=0, sample_axis=1
+        )
+    )(rows)
+    # blackjax caps the ESS at N log10 N (Stan's rule for anticorrelated chains), a τ above 1
+    # for N < 10: a capped row counts as independent, as the floor does for longer ones.
+    capped = ess >= num * math.log10(num) * (1 - 1e-6)
+    varies = (jnp.var(rows, axis=-1) > 0) & (ess > 0) & ~capped
+    tau = jnp.where(varies, num / jnp.where(varies, ess, 1.0), 1.0)
+    return jnp.maximum(tau, 1.0).reshape(draws.shape[:-1])
 
 
 def _detrended(draws: Float[Array, "... num"]) -> Float[Array, "... num"]:
