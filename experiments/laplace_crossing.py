@@ -198,10 +198,21 @@ def sampled_log_odds(folder, sizes) -> dict:
 
 def crossing(sizes, log_odds) -> float:
     """First n where the log-odds turn positive (linear interpolation), NaN if they never do."""
-    for (n0, a), (n1, b) in zip(zip(sizes, log_odds), zip(sizes[1:], log_odds[1:])):
+    return crossing_with_error(sizes, log_odds, [0.0] * len(sizes))[0]
+
+
+def crossing_with_error(sizes, log_odds, standard_error) -> tuple[float, float, float]:
+    """:func:`crossing`, its error (the log-odds' error at the crossing over their slope there)
+    and how far one nat moves it (the inverse slope); NaN when they never cross."""
+    for i in range(len(sizes) - 1):
+        a, b = log_odds[i], log_odds[i + 1]
         if a <= 0 < b:
-            return float(n0 + (n1 - n0) * (-a) / (b - a))
-    return float("nan")
+            n0, n1 = sizes[i], sizes[i + 1]
+            t = -a / (b - a)
+            error = (1 - t) * standard_error[i] + t * standard_error[i + 1]
+            per_nat = (n1 - n0) / (b - a)
+            return float(n0 + t * (n1 - n0)), float(error * per_nat), float(per_nat)
+    return float("nan"), float("nan"), float("nan")
 
 
 PRESETS = {

@@ -92,6 +92,7 @@ from experiments.bayesian_transitions import dataset_rows
 from experiments.laplace_crossing import (
     _laplace_all,
     crossing,
+    crossing_with_error,
     dead_column_loss_change,
     labelled_copies,
 )
@@ -288,21 +289,6 @@ def occupancy_statistics(rows) -> dict:
         bonferroni_threshold=float(norm.isf(0.025 / m)) if m else float("nan"),
         mean_z_squared=float(np.mean(z**2)) if m else float("nan"),
     )
-
-
-def crossing_with_error(sizes, log_odds, standard_error) -> tuple[float, float, float]:
-    """The first upward zero of the 6-vs-5 log-odds (linear interpolation), its error (the
-    log-odds' error at the crossing over their slope there) and how far one nat moves it (the
-    inverse slope); NaN when they never cross."""
-    for i in range(len(sizes) - 1):
-        a, b = log_odds[i], log_odds[i + 1]
-        if a <= 0 < b:
-            n0, n1 = sizes[i], sizes[i + 1]
-            t = -a / (b - a)
-            error = (1 - t) * standard_error[i] + t * standard_error[i + 1]
-            per_nat = (n1 - n0) / (b - a)
-            return float(n0 + t * (n1 - n0)), float(error * per_nat), float(per_nat)
-    return float("nan"), float("nan"), float("nan")
 
 
 def draw_crossings(arrays: dict, labels) -> dict:

@@ -24,7 +24,7 @@ def test_occupancy_is_a_softmax_with_delta_method_errors():
 
 
 def test_crossing_with_error_is_the_interpolated_zero_and_its_propagated_error():
-    from experiments.local_free_energy import crossing_with_error
+    from experiments.laplace_crossing import crossing_with_error
 
     # log-odds (n − 450)/100: zero at 450 between the grid points 400 and 500, slope 1/100, so
     # an error of 0.2 nats there is 20 in n.
