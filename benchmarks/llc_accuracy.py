@@ -559,6 +559,13 @@ def _nan_max(values) -> float:
     return float(np.max(values)) if np.all(np.isfinite(values)) else float("nan")
 
 
+def llc_at_nbeta(coefficient: exact.LearningCoefficient, nbeta: float) -> float:
+    """λ − (m − 1)/log nβ: the first-order expectation of λ̂ at a finite nβ (NaN if m unknown)."""
+    if coefficient.multiplicity is None:
+        return float("nan")
+    return coefficient.llc - (coefficient.multiplicity - 1) / math.log(nbeta)
+
+
 def estimate_case(
     case: Case,
     rule: Callable[[Case], AutoCalibration],
@@ -588,6 +595,10 @@ def estimate_case(
         "llc": llc,
         "stderr": stderr,
         "rel_error": (llc - lam) / lam,
+        # What λ̂ estimates at this nβ, to first order: E[nβK] = λ − (m − 1)/log nβ (from
+        # Z(t) ∝ t^−λ (log t)^(m−1)); the error against it is the sampler's and the settings'.
+        "llc_at_nbeta": llc_at_nbeta(case.exact, settings.nbeta),
+        "rel_error_at_nbeta": (llc - llc_at_nbeta(case.exact, settings.nbeta)) / lam,
         "verdict": found.verdict,
         # The last run before the correction, and the correction removed (a fraction of it).
         "llc_raw": float(result.llc),
@@ -664,6 +675,10 @@ def summary_rows(rows: list[dict], total_s: float) -> list[dict]:
             "max_abs_rel_error": max(errors),
             "worst_case": worst["workload"],
             "median_rel_error": statistics.median(r["rel_error"] for r in group),
+            "median_abs_rel_error_at_nbeta": statistics.median(
+                abs(r["rel_error_at_nbeta"]) for r in group
+            ),
+            "max_abs_rel_error_at_nbeta": max(abs(r["rel_error_at_nbeta"]) for r in group),
             "num_bad": len(bad),
             "num_bad_called_ok": len(bad_ok),
             "bad_called_ok_fraction": len(bad_ok) / len(bad) if bad else 0.0,
@@ -729,6 +744,7 @@ CASE_COLUMNS = [
     "layers",
     "llc_exact",
     "multiplicity",
+    "llc_at_nbeta",
     "llc",
     "stderr",
     "rel_error",
@@ -745,6 +761,7 @@ SUMMARY_COLUMNS = [
     "median_abs_rel_error",
     "max_abs_rel_error",
     "median_rel_error",
+    "median_abs_rel_error_at_nbeta",
     "num_bad",
     "num_bad_called_ok",
     "num_ok",

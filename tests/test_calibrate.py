@@ -25,6 +25,7 @@ from tmsjax.llc.calibrate import (
     EPS_TOP,
     FLAT_Z,
     MAX_CORRECTION,
+    STEP_FRACTION,
     Calibration,
     CalibrationError,
     calibrate,
@@ -363,6 +364,32 @@ def euler_expectation(nbeta, step_size, localization):
     return float(np.sum(nbeta * np.asarray(QUADRATIC_A) / (2 * k * (1 - step_size * k / 4))))
 
 
+def test_auto_settings_spends_the_budget_on_gamma_then_on_epsilon(key):
+    # k* = 100, nβ = 100: ε₀ = 0.2/10001. A short budget S buys γ = 1/(ε₀S) > 1 and N = S; a long
+    # one leaves γ at its floor 1 and lowers ε to 1/S (N = S); on minibatches with full-data
+    # draws SGLD's acceptance estimate (a second gradient per step) is off.
+    base = LLCSettings(nbeta=NBETA)
+    eps0 = STEP_FRACTION / (NBETA * 100 + 1)
+    short = llc.auto_settings(
+        key, two_scale_quadratic, jnp.zeros(2), settings=base, step_budget=25_000
+    )
+    assert short.step_size == pytest.approx(eps0, rel=1e-3)
+    assert short.localization == pytest.approx(1 / (eps0 * 25_000), rel=1e-3)
+    assert short.num_steps == 25_000 and short.sampler == llc.SGLD()
+    long = llc.auto_settings(
+        key, two_scale_quadratic, jnp.zeros(2), settings=base, step_budget=80_000
+    )
+    assert long.localization == 1.0 and long.num_steps == 80_000
+    assert long.step_size == pytest.approx(1 / 80_000) and long.step_size < eps0
+    rows = jnp.zeros((100, 2))
+    minibatch = llc.auto_settings(
+        key, two_scale_quadratic, jnp.zeros(2), rows, base.replace(batch_size=10),
+        step_budget=25_000,
+    )  # fmt: skip
+    assert minibatch.sampler == llc.SGLD(estimate_acceptance=False)
+    assert minibatch.step_size == short.step_size
+
+
 def test_auto_calibrate_corrects_the_step_bias_and_reruns_in_the_same_program(key):
     # step_fraction 2.5: εk* = 2.5 at the stiff direction, an Euler bias (ε nβa/8)/(1 − εk/4) of
     # about half of λ̂, above MAX_CORRECTION: one rerun at ε·(MAX_CORRECTION/2)/b in the same
@@ -382,7 +409,7 @@ def test_auto_calibrate_corrects_the_step_bias_and_reruns_in_the_same_program(ke
     try:
         with jax.log_compiles(True):
             found = llc.auto_calibrate(
-                key, two_scale_quadratic, jnp.zeros(2), settings=settings, step_budget=8000,
+                key, two_scale_quadratic, jnp.zeros(2), settings=settings, step_budget=4000,
                 step_fraction=2.5,
             )  # fmt: skip
     finally:
@@ -401,11 +428,50 @@ def test_auto_calibrate_corrects_the_step_bias_and_reruns_in_the_same_program(ke
     assert first["step_bias"] * first["llc"] == pytest.approx(exact_bias, rel=0.15)
     factor = 0.5 * MAX_CORRECTION / first["step_bias"]
     assert last["step_size"] == pytest.approx(first["step_size"] * factor)
-    # 1/(εγ) = 4000.4 steps at the first ε and γ = 1, rounded up; the rerun keeps them.
-    assert found.settings.num_steps == 5000
+    # γ = 1/(εS) = 1.0001 (a budget a hair short of 1/ε, so that ε keeps its rule's value):
+    # 1/(εγ) = 4000 steps; the rerun keeps them.
+    assert found.settings.num_steps == 4000
     # The corrected λ̂ is the exact ε → 0 expectation at the final γ; the raw one is not.
     chosen = found.settings
     expected = euler_expectation(NBETA, 0.0, chosen.localization)
     assert abs(found.llc - expected) < 4 * found.stderr and 4 * found.stderr < 0.15
     assert found.step_bias == last["step_bias"] and 0.05 < last["step_bias"] < MAX_CORRECTION
     assert found.verdict == "ok" and llc.verdict(found.result).startswith("step size too large")
+
+
+def reduced_rank_loss(factors, target):
+    """‖W₂W₁ − A₀‖²_F: the population loss of reduced-rank regression (x ~ N(0, I))."""
+    w1, w2 = factors
+    return jnp.sum((w2 @ w1 - target) ** 2)
+
+
+@pytest.mark.slow
+def test_auto_calibrate_matches_an_exact_sampler_on_reduced_rank_regression(key, x64):
+    # Widths (3, 2, 3), true rank 1, centred at the zero-padded factorisation: λ = 3.5 with
+    # multiplicity m = 2 (Aoyagi & Watanabe 2005). At a finite nβ the localized posterior's
+    # E[nβK] is λ − (m−1)/log(nβ) + o(1/log nβ) (from Z(t) ∝ t^−λ (log t)^(m−1)): 3.36 at
+    # nβ = 10⁴/log 10⁴, below λ whatever the sampler. The corrected SGLD λ̂ of auto_calibrate must
+    # agree with MALA (exact for any ε) at the same nβ and γ, to 4 combined standard errors.
+    nbeta = 1e4 / np.log(1e4)
+    target = jnp.array([[0.8], [0.0], [0.6]]) @ jnp.array([[0.6, 0.8, 0.0]])  # A₀ = u vᵀ
+    center = (
+        jnp.array([[0.6, 0.8, 0.0], [0.0, 0.0, 0.0]]),
+        jnp.array([[0.8, 0.0], [0.0, 0.0], [0.6, 0.0]]),
+    )
+    assert float(reduced_rank_loss(center, target)) == 0.0
+    found = llc.auto_calibrate(
+        key, reduced_rank_loss, center, target, LLCSettings(nbeta=nbeta, num_chains=8),
+        step_budget=90_000,
+    )  # fmt: skip
+    exact = LLCSettings(
+        0.5 / (nbeta * found.curvature), found.settings.localization, nbeta, num_chains=8,
+        num_steps=200_000, num_burnin=40_000, thinning=20, sampler=llc.MALA(),
+    )  # fmt: skip
+    reference = llc.estimate_llc(
+        jax.random.fold_in(key, 1), reduced_rank_loss, center, target, exact
+    )
+    assert float(np.mean(reference.diagnostics.acceptance)) > 0.5
+    error = np.hypot(found.stderr, float(reference.stderr))
+    assert abs(found.llc - float(reference.llc)) < 4 * error, (found.llc, float(reference.llc))
+    # The finite-nβ offset is real, not the sampler's: at least half its first order is visible.
+    assert float(reference.llc) < 3.5 - 0.5 / np.log(nbeta)

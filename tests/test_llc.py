@@ -690,6 +690,41 @@ def test_step_bias_estimate_is_the_first_order_bias_on_a_quartic(key):
     assert abs(corrected - exact) < 4 * corrected_error + 0.1 * first_order
 
 
+def mean_squared_distance(w, rows):
+    return 0.5 * jnp.mean(jnp.sum((w - rows) ** 2, axis=-1))
+
+
+def test_step_bias_estimate_includes_the_minibatch_noise(key):
+    # L_n(w) = mean_i ½‖w − x_i‖², centred at the mean x̄; batches of B rows drawn with
+    # replacement, so the batch gradient's noise x̄ − x̄_m has covariance S/B (S the rows'
+    # covariance). Per direction the SGLD chain is an AR(1) with a = 1 − εk/2, k = nβ + γ, driven by
+    # noise of variance ε + (ε²/4)nβ² S_jj/B: the exact stationary λ̂ is (nβ/2) Σ_j of that over
+    # 1 − a², the continuous one (d/2) nβ/k. The noise term is 25% here, the Euler term 2.5%.
+    dim, num_rows, batch_size, nbeta, gamma = 10, 1000, 100, 1000.0, 1.0
+    rows = jax.random.normal(jax.random.key(1), (num_rows, dim))
+    center = jnp.mean(rows, axis=0)
+    spread = np.var(np.asarray(rows), axis=0)  # S_jj, population variance of the rows
+    k = nbeta + gamma
+    eps = 0.1 / k
+    a = 1 - eps * k / 2
+    exact = nbeta / 2 * np.sum((eps + eps**2 / 4 * nbeta**2 * spread / batch_size) / (1 - a**2))
+    continuous = dim / 2 * nbeta / k
+    settings = LLCSettings(
+        eps, gamma, nbeta, num_chains=8, num_steps=8_000, num_burnin=400, thinning=5,
+        batch_size=batch_size,
+    )  # fmt: skip
+    result = llc.estimate_llc(key, mean_squared_distance, center, rows, settings)
+    raw, stderr = float(result.llc), float(result.stderr)
+    assert abs(raw - exact) < 4 * stderr, (raw, exact, stderr)
+    assert raw - continuous > 8 * stderr  # the noise's bias is plain to see
+    bias, bias_error = pooled_step_bias(result)
+    exact_bias = exact / continuous - 1
+    # First order: the remainder is the product of the two terms' sizes, ~ 2.5% of 25%.
+    assert abs(bias * raw / continuous - exact_bias) < 0.05 * exact_bias + 4 * bias_error
+    corrected, corrected_error = corrected_llc(result)
+    assert abs(corrected - continuous) < 4 * corrected_error + 0.01 * continuous
+
+
 def localized_quadratic(curvatures, nbeta, localization):
     r"""For nβK = ½ Σ a_i w_i² (a_i = nβ k_i) under the localized posterior: λ(γ) = ½ Σ a/(a+γ),
     the first-order change when γ is halved, −log 2 · dλ/dlog γ = log 2 · ½ Σ aγ/(a+γ)², and the

@@ -188,6 +188,12 @@ def sample_llc(
         pairs = zip(jax.tree.leaves(position), jax.tree.leaves(grad), center_leaves)
         return sum(jnp.sum(nbeta * g * (nbeta * g + localization * (w - c))) for w, g, c in pairs)
 
+    def gradient_noise(grad, batch_grad):
+        r""":math:`n\beta^2\lVert\nabla L_m - \nabla L_n\rVert^2` (m a batch): in the step-bias
+        slope it stands for the minibatch noise's :math:`n\beta^2\,\mathrm{tr}\,\Sigma_m`."""
+        pairs = zip(jax.tree.leaves(grad), jax.tree.leaves(batch_grad))
+        return nbeta**2 * sum(jnp.sum((b - g) ** 2) for g, b in pairs)
+
     def curvature_trace(key, position):
         r"""Hutchinson's :math:`v^\top\nabla^2(n\beta L_n)\,v`, v Rademacher: an unbiased
         estimate of :math:`\Delta(n\beta L_n)` at the position (full data), independent of the
@@ -204,6 +210,7 @@ def sample_llc(
     per_chain_distance = jax.vmap(squared_distance)
     per_chain_product = jax.vmap(gradient_product)
     per_chain_trace = jax.vmap(curvature_trace)
+    per_chain_noise = jax.vmap(gradient_noise)
     nans = jnp.full((num_chains,), jnp.nan, dtype)
 
     def traces_at_draws(step_key, position, is_traced):
@@ -232,7 +239,13 @@ def sample_llc(
             def measure(position):
                 if estimates_bias:
                     loss, grad = value_and_grad(position, data)
-                    return loss, per_chain_product(position, grad)
+                    # A fresh batch at the same position: ‖g_batch − g‖² is an unbiased draw of
+                    # the trace of the step's gradient-noise covariance, whatever minibatch_fn does.
+                    key_noise = jax.random.fold_in(step_key, 2)
+                    fresh = minibatch_fn(key_noise, data, chains.batch_size)
+                    _, batch_grad = value_and_grad(position, fresh)
+                    product = per_chain_product(position, grad)
+                    return loss, product + per_chain_noise(grad, batch_grad)
                 return jax.vmap(loss_fn, in_axes=(0, None))(position, data), nans
 
             draw, product = jax.lax.cond(is_draw, measure, lambda p: (nans, nans), state.position)

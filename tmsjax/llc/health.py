@@ -51,6 +51,20 @@ program so that they batch over grids and runs × checkpoints like λ̂ itself:
   (:data:`MIN_ACCEPTANCE` for SGLD) raises it. The acceptance is a poor proxy for the bias: with
   many directions it falls while each one's bias stays small (an accurate 41.1 vs 42 estimate had
   acceptance < 0.9), and on a minibatch it reads near 1 whatever ε.
+
+  On minibatches the step's gradient carries noise of covariance :math:`\Sigma_m` (a batch's
+  gradient about the full one), which raises the diffusion from :math:`\epsilon I` to
+  :math:`\epsilon(I + D)`, :math:`D = \frac\epsilon4 n\beta^2\Sigma_m`, per step; for a
+  quadratic U the stationary :math:`\mathbb{E}[U]` grows by exactly half the trace of D
+  (:math:`\mathrm{tr}(HC) = \mathrm{tr}(I + D)` for the Lyapunov covariance C), so the estimate
+  adds
+
+  .. math:: \frac\epsilon8\,n\beta^2\,\mathbb{E}\lVert\nabla L_m - \nabla L_n\rVert^2,
+
+  one fresh batch's gradient beside the full one at each draw (unbiased for
+  :math:`\mathrm{tr}\,\Sigma_m`, whatever the minibatch rule). Also first order in ε, so the
+  correction of :func:`tmsjax.llc.auto_calibrate` removes it with the rest; on the deep linear
+  networks it was the +1 to +8% by which finite-data λ̂ exceeded the population one.
 - ``localization_limited``: λ̂ depends on γ. For the localized posterior
   :math:`p_\gamma \propto e^{-U}`,
   :math:`\frac{d}{d\gamma}\mathbb{E}_\gamma[n\beta L_n] = -\frac12\,
@@ -245,8 +259,9 @@ def diagnose(
       distances: :math:`\lVert w - w^*\rVert^2` at each draw, (num_chains, num_draws); None: no
         localization check.
       gradient_products: :math:`\nabla(n\beta L_n)\cdot\nabla U` at each draw (full-data
-        gradient), (num_chains, num_draws), for the SGLD discretisation-bias estimate; None (or
-        NaN) where it does not apply: the acceptance rule decides then.
+        gradient), plus :math:`n\beta^2\lVert\nabla L_m - \nabla L_n\rVert^2` on minibatches,
+        (num_chains, num_draws), for the SGLD discretisation-bias estimate; None (or NaN) where it
+        does not apply: the acceptance rule decides then.
       step_size: ε (with `gradient_products`).
       localization: γ (with `distances`).
       curvature_traces: unbiased estimates of :math:`\Delta(n\beta L_n)` at each draw
