@@ -26,7 +26,12 @@ Method:
 - **λ̂**: the paper's SGLD protocol at every chosen (run, checkpoint) in one compiled call
   (:func:`tmsjax.llc.llc_along_training`): full batch, ε = 1e-3, γ = 1, 4 chains × 500 steps, no
   burn-in, nβ = n / log n, on the dataset the runs trained on (as its exact sufficient statistics,
-  :func:`tmsjax.tms.data.sparse_limit_stats`: the same loss, 4.6× faster).
+  :func:`tmsjax.tms.data.sparse_limit_stats`: the same loss, 4.6× faster). ``--llc-budget S``
+  replaces the hand-set ε, γ and chain length by the library's calibration: one
+  :func:`tmsjax.llc.auto_settings` per chosen run at its last checkpoint, the smallest ε of them
+  for every checkpoint (one compiled program), and each λ̂ less its own estimated step bias
+  (:func:`tmsjax.llc.corrected_llc`). The default stays the paper's protocol, which the figure
+  reproduces.
 - **BAH table**: for each observed transition, ΔL = (mean L_n over the later plateau) − (over the
   earlier) and Δλ̂ likewise from the plateaus' mean λ̂. A plateau's mean λ̂ uses its usable
   checkpoints (:func:`tmsjax.llc.usable`: no chain blew up or escaped; an escaped chain measures a
@@ -50,6 +55,8 @@ References:
 Usage:
   python -m experiments.llc_trajectories --out results/llc_trajectories               # trains (CPU)
   python -m experiments.llc_trajectories --out results/llc_trajectories --from results/sgd_plateaus
+  python -m experiments.llc_trajectories --out results/llc_auto --from results/sgd_plateaus \
+      --llc-budget 20000                                              # the library's calibration
 """
 
 import json
@@ -64,6 +71,7 @@ import numpy as np
 from experiments import common, sgd_plateaus
 from tmsjax import llc
 from tmsjax.llc import LLCDiagnostics, LLCSettings
+from tmsjax.llc.calibrate import MIN_STEPS
 from tmsjax.results import ResultStore
 from tmsjax.tms import losses
 from tmsjax.tms.critical import critical_points
@@ -109,6 +117,13 @@ def add_arguments(parser):
     parser.add_argument("--step-size", type=float, default=1e-3, help="SGLD ε")
     parser.add_argument("--localization", type=float, default=1.0, help="SGLD γ")
     parser.add_argument("--llc-seed", type=int, default=1, help="seed of the SGLD chains")
+    parser.add_argument(
+        "--llc-budget",
+        type=int,
+        default=None,
+        help="instead of --step-size, --localization and --llc-steps: tmsjax.llc.auto_settings "
+        "at this many steps per chain, and λ̂ less its estimated step bias",
+    )
 
 
 def llc_settings(args) -> LLCSettings:
@@ -121,9 +136,32 @@ def llc_settings(args) -> LLCSettings:
     )
 
 
+def auto_protocol(args, centers, stats) -> LLCSettings:
+    """:func:`tmsjax.llc.auto_settings` at each chosen run's last checkpoint (the most developed,
+    stiffest point of a run), keeping the smallest ε: one program for every checkpoint, whose step
+    is safe at the stiffest of them; full batch, nβ = n / log n."""
+    last = jax.tree.map(lambda x: x[:, -1], centers)
+    base = LLCSettings(num_chains=args.num_chains)
+    key = jax.random.key(args.llc_seed)
+    candidates = [
+        llc.auto_settings(
+            key,
+            losses.stats_loss,
+            jax.tree.map(lambda x, i=run: x[i], last),
+            stats,
+            base,
+            step_budget=args.llc_budget,
+        )
+        for run in range(last.W.shape[0])
+    ]
+    return min(candidates, key=lambda settings: settings.step_size)
+
+
 def check(args):
     if args.checkpoint_stride < 1 or args.min_step < 0:
         raise ValueError("--checkpoint-stride must be positive and --min-step non-negative")
+    if args.llc_budget is not None and args.llc_budget < MIN_STEPS:
+        raise ValueError(f"--llc-budget must be at least {MIN_STEPS}, got {args.llc_budget}")
     llc_settings(args)  # a ValueError names the bad field
 
 
@@ -624,7 +662,16 @@ def main(args):
     checkpoints = select_checkpoints(steps, args.min_step, args.checkpoint_stride)
 
     start = time.perf_counter()
-    protocol = llc_settings(args)
+    centers = TMSParams(
+        jnp.asarray(arrays["W"][selected][:, checkpoints]),
+        jnp.asarray(arrays["b"][selected][:, checkpoints]),
+    )
+    # The rows' exact sufficient statistics: the same L_n (λ̂ equal to ~1e-4) at O(c²) per
+    # evaluation instead of O(cn): 4.6× faster here (benchmarks/llc_devinterp.py measures it).
+    rows = np.asarray(dataset.x)[np.asarray(dataset.mask)]
+    stats = jax.tree.map(lambda leaf: leaf[0], sparse_limit_stats(rows, [len(rows)]))
+    auto = args.llc_budget is not None
+    protocol = auto_protocol(args, centers, stats) if auto else llc_settings(args)
     cached = store.load_arrays("llc")
     reuse = (
         cached is not None
@@ -637,17 +684,12 @@ def main(args):
         compile_and_run = None
         diagnostics = LLCDiagnostics(*(cached[name] for name in LLCDiagnostics._fields))
     else:
-        centers = TMSParams(
-            jnp.asarray(arrays["W"][selected][:, checkpoints]),
-            jnp.asarray(arrays["b"][selected][:, checkpoints]),
-        )
         key = jax.random.key(args.llc_seed)
-        # The rows' exact sufficient statistics: the same L_n (λ̂ equal to ~1e-4) at O(c²) per
-        # evaluation instead of O(cn): 4.6× faster here (benchmarks/llc_devinterp.py measures it).
-        rows = np.asarray(dataset.x)[np.asarray(dataset.mask)]
-        stats = jax.tree.map(lambda leaf: leaf[0], sparse_limit_stats(rows, [len(rows)]))
         result = llc.llc_along_training(key, losses.stats_loss, centers, stats, protocol)
-        llc_hat, stderr = np.asarray(result.llc), np.asarray(result.stderr)
+        if auto:
+            llc_hat, stderr = llc.corrected_llc(result)
+        else:
+            llc_hat, stderr = np.asarray(result.llc), np.asarray(result.stderr)
         per_chain = np.asarray(result.llc_per_chain)
         diagnostics = LLCDiagnostics(*(np.asarray(x) for x in result.diagnostics))
         compile_and_run = time.perf_counter() - start
@@ -715,11 +757,18 @@ def main(args):
         "ensemble": settings,
         "dataset_check_max_error": dataset_error,
         "llc_protocol": {
-            "step_size": args.step_size,
-            "localization": args.localization,
-            "num_chains": args.num_chains,
-            "num_steps": args.llc_steps,
-            "num_burnin": 0,
+            "rule": (
+                f"tmsjax.llc.auto_settings at a budget of {args.llc_budget} steps, the smallest ε "
+                "over the chosen runs' last checkpoints; λ̂ less its estimated step bias"
+                if auto
+                else "the paper's (Chen et al. 2023, App. K)"
+            ),
+            "step_size": protocol.step_size,
+            "localization": protocol.localization,
+            "num_chains": protocol.num_chains,
+            "num_steps": protocol.num_steps,
+            "num_burnin": protocol.num_burnin,
+            "thinning": protocol.thinning,
             "batch": "full",
             "num_data": int(settings["num_data"]),
             "nbeta": float(llc.default_nbeta(settings["num_data"])),

@@ -30,6 +30,7 @@ from tmsjax.llc.calibrate import (
     CalibrationError,
     calibrate,
     choose_cell,
+    corrected_llc,
     relaxed,
     stable_region,
 )
@@ -437,6 +438,28 @@ def test_auto_calibrate_corrects_the_step_bias_and_reruns_in_the_same_program(ke
     assert abs(found.llc - expected) < 4 * found.stderr and 4 * found.stderr < 0.15
     assert found.step_bias == last["step_bias"] and 0.05 < last["step_bias"] < MAX_CORRECTION
     assert found.verdict == "ok" and llc.verdict(found.result).startswith("step size too large")
+
+
+def test_corrected_llc_of_a_batch_is_that_of_each_estimate():
+    # Runs × checkpoints (2 × 3) of 4 chains; one estimate lacks a bias estimate (NaN: left raw).
+    rng = np.random.default_rng(0)
+    per_chain = rng.uniform(1.5, 10.0, (2, 3, 4))
+    step_bias = rng.uniform(0.0, 0.2, (2, 3, 4))
+    step_bias[1, 2, 0] = np.nan
+    flags = np.zeros((2, 3, 4), bool)
+    zeros = np.zeros((2, 3, 4))
+    diagnostics = LLCDiagnostics(flags, flags, flags, flags, zeros, zeros, zeros, zeros,
+                                 flags, step_bias, zeros)  # fmt: skip
+    nan = np.full((2, 3), np.nan)
+    result = LLCResult(per_chain.mean(-1), per_chain, nan, nan, nan, None, None, diagnostics)
+    mean, error = corrected_llc(result)
+    assert mean.shape == error.shape == (2, 3)
+    for index in np.ndindex(2, 3):
+        single = jax.tree.map(lambda x, i=index: x[i], result)
+        assert corrected_llc(single) == pytest.approx((mean[index], error[index]))
+    assert mean[1, 2] == pytest.approx(per_chain[1, 2].mean())  # raw where not estimated
+    expected = (per_chain[0, 0] * (1 - step_bias[0, 0])).mean()  # λ̂_chain ≥ 1: relative bias
+    assert mean[0, 0] == pytest.approx(expected)
 
 
 def reduced_rank_loss(factors, target):

@@ -62,6 +62,21 @@ def test_llc_trajectories_from_sgd_plateaus(trajectories_smoke):
         assert (trajectories_smoke / figure).stat().st_size > 10_000
 
 
+def test_llc_trajectories_with_the_library_calibration(tmp_path, sgd_smoke):
+    # --llc-budget: auto_settings at each chosen run's last checkpoint, the smallest ε for all,
+    # and λ̂ corrected for its estimated step bias.
+    run_module("llc_trajectories", "--out", tmp_path, "--smoke", "--from", sgd_smoke,
+               "--no-progress", "--llc-budget", 2000)  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    protocol = summary["llc_protocol"]
+    assert protocol["rule"].startswith("tmsjax.llc.auto_settings at a budget of 2000")
+    assert protocol["num_steps"] == 2000 and protocol["num_burnin"] == 1000
+    expected_gamma = max(1.0, 1 / (protocol["step_size"] * 2000))  # γ = max(γ_min, 1/(εS))
+    assert protocol["localization"] == pytest.approx(expected_gamma)
+    with np.load(tmp_path / "llc.npz") as data:
+        assert np.all(np.isfinite(data["llc"][data["usable"]]))
+
+
 def test_developmental_stages_draws_llc(tmp_path, sgd_smoke, trajectories_smoke):
     # --llc names the llc_trajectories folder; the chosen run must be one of its runs.
     with np.load(trajectories_smoke / "llc.npz") as data:

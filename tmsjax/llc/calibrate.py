@@ -129,8 +129,8 @@ Ways of closing the loop, measured on the 32 deep-linear-network cases of
   median 2.8%, max 9.2%; finite data median 5.8%, max 9.9% (minibatch gradient noise, which b did
   not see then, added 1-8% there); one run per case;
 - the same with b's minibatch-noise term, a budget beyond the relaxation time spent on a smaller
-  ε, and no minibatch acceptance estimate (the default): population median 2.8%, max 8.1%; finite
-  data median 3.4%, max 10.9%; what is left is mostly the finite-nβ offset
+  ε, and no minibatch acceptance estimate (the default): POPFIN; what is left is mostly the
+  finite-nβ offset
   :math:`-(m-1)/\log n\beta` of the rank-1 networks (multiplicity m = 2, 3), which an exact
   sampler shows too.
 
@@ -865,23 +865,21 @@ def pooled_step_bias(result: LLCResult) -> tuple[float, float]:
     / \hat\lambda` averaged over the chains (:mod:`tmsjax.llc.health`); NaN where not estimated.
     """
     absolute = _absolute_bias(result)
-    if absolute is None:
+    if absolute.ndim != 1 or not np.all(np.isfinite(absolute)):
         return float("nan"), float("nan")
     scale = max(abs(float(np.mean(np.asarray(result.llc_per_chain)))), 1.0)
     error = np.std(absolute, ddof=1) / np.sqrt(len(absolute)) if len(absolute) > 1 else np.nan
     return float(np.mean(absolute) / scale), float(error / scale)
 
 
-def _absolute_bias(result: LLCResult) -> np.ndarray | None:
-    """Each chain's estimated bias in λ units, (num_chains,); None where not estimated."""
+def _absolute_bias(result: LLCResult) -> np.ndarray:
+    """Each chain's estimated bias in λ units (leading axes kept); NaN where not estimated."""
     per_chain = np.asarray(result.diagnostics.step_bias, dtype=float)
-    if per_chain.ndim != 1 or not np.all(np.isfinite(per_chain)):
-        return None
     # health.diagnose divides each chain's bias by max(|λ̂_chain|, 1): undo it.
     return per_chain * np.maximum(np.abs(np.asarray(result.llc_per_chain, dtype=float)), 1.0)
 
 
-def corrected_llc(result: LLCResult) -> tuple[float, float]:
+def corrected_llc(result: LLCResult) -> tuple[Any, Any]:
     r"""λ̂ less its estimated discretisation bias, and its standard error.
 
     .. math:: \hat\lambda_c = \hat\lambda - \frac{\epsilon}{8}\Big(
@@ -908,17 +906,26 @@ def corrected_llc(result: LLCResult) -> tuple[float, float]:
     batch-loss draws).
 
     Args:
-      result: a single :class:`~tmsjax.llc.LLCResult`.
+      result: an :class:`~tmsjax.llc.LLCResult`, single or with leading axes (a grid, runs ×
+        checkpoints from :func:`~tmsjax.llc.llc_along_training`); each estimate is corrected
+        where all its chains carry a bias estimate, else left raw.
 
     Returns:
-      (λ̂_c, its standard error) as floats.
+      (λ̂_c, its standard error): floats for a single estimate, else arrays over the leading axes.
     """
-    absolute = _absolute_bias(result)
     per_chain = np.asarray(result.llc_per_chain, dtype=float)
-    if absolute is not None:
-        per_chain = per_chain - absolute
-    error = np.std(per_chain, ddof=1) / np.sqrt(len(per_chain)) if len(per_chain) > 1 else np.nan
-    return float(np.mean(per_chain)), float(error)
+    absolute = _absolute_bias(result)
+    estimated = np.all(np.isfinite(absolute), axis=-1, keepdims=True)
+    per_chain = np.where(estimated, per_chain - np.where(estimated, absolute, 0.0), per_chain)
+    num_chains = per_chain.shape[-1]
+    mean = np.mean(per_chain, axis=-1)
+    if num_chains > 1:
+        error = np.std(per_chain, axis=-1, ddof=1) / np.sqrt(num_chains)
+    else:
+        error = np.full(mean.shape, np.nan)
+    if mean.ndim == 0:
+        return float(mean), float(error)
+    return mean, error
 
 
 def auto_calibrate(
