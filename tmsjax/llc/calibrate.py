@@ -129,8 +129,9 @@ Ways of closing the loop, measured on the 32 deep-linear-network cases of
   median 2.8%, max 9.2%; finite data median 5.8%, max 9.9% (minibatch gradient noise, which b did
   not see then, added 1-8% there); one run per case;
 - the same with b's minibatch-noise term, a budget beyond the relaxation time spent on a smaller
-  ε, and no minibatch acceptance estimate (the default): POPFIN; what is left is mostly the
-  finite-nβ offset
+  ε, and no minibatch acceptance estimate (the default): median 3.7% / 3.3% (population / finite
+  data), max 10.0% / 13.3%, on a second draw of the suite 4.0% / 5.9%, max 12.6% / 10.5%; what
+  is left is mostly the finite-nβ offset
   :math:`-(m-1)/\log n\beta` of the rank-1 networks (multiplicity m = 2, 3), which an exact
   sampler shows too.
 
@@ -223,9 +224,10 @@ AUTO_POWER_ITERATIONS = 50
 MAX_ROUNDS = 3
 #: auto_calibrate: estimated step biases up to this fraction of λ̂ are removed at first order;
 #: above it the run is repeated at a smaller ε. Measured on the deep linear networks
-#: (benchmarks/llc_accuracy.py, minibatch noise included): corrections of 20-32% left errors of
-#: −5.6% to +4.2%; a rerun at the same budget raises γ (12-16-16-16-16-12 finite singular: b = 31.5%
-#: corrected to −0.1%, the rerun at 0.3 gave −7.5% at 2.1× the γ and twice the time).
+#: (benchmarks/llc_accuracy.py, minibatch noise included, two draws of the suite): corrections of
+#: 20-33% left errors of −6% to +7%; a rerun at the same budget raises γ (12-16-16-16-16-12 finite
+#: singular: b = 31.5% corrected to −0.1%, the rerun at 0.3 gave −7.5% at 2.1× the γ and twice
+#: the time).
 MAX_CORRECTION = 0.35
 
 
