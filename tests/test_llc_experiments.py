@@ -62,6 +62,7 @@ def test_llc_trajectories_from_sgd_plateaus(trajectories_smoke):
         assert (trajectories_smoke / figure).stat().st_size > 10_000
 
 
+@pytest.mark.slow  # 30 s: the fast suite must fit CI's 15 minutes
 def test_llc_trajectories_with_the_library_calibration(tmp_path, sgd_smoke):
     # --llc-budget: auto_settings at each chosen run's last checkpoint, the smallest ε for all,
     # and λ̂ corrected for its estimated step bias.
