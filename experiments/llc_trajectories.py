@@ -35,7 +35,7 @@ Method:
   5-gon and 5⁺ plateaus λ̂ = 7.33 ± 0.11 and 8.23 ± 0.16 (exact 7 and 8.5; the paper's protocol
   gives 6.61 and 7.57 at this n = 1000), but 86% of the checkpoints escape, nearly all of those on
   4-gon plateaus, which SGD itself leaves: 4000 steps at γ = 1 find their exits where 500 do not,
-  and only 10 of 16 transitions keep a usable λ̂ on both sides with Δλ̂ > 0.
+  and 10 of 16 transitions read ΔL < 0 with Δλ̂ > 0 (16 of 16 with the paper's protocol).
 - **BAH table**: for each observed transition, ΔL = (mean L_n over the later plateau) − (over the
   earlier) and Δλ̂ likewise from the plateaus' mean λ̂. A plateau's mean λ̂ uses its usable
   checkpoints (:func:`tmsjax.llc.usable`: no chain blew up or escaped; an escaped chain measures a
