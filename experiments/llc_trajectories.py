@@ -46,8 +46,9 @@ Method:
 Outputs (``--out DIR``): config.json; summary.json (BAH table, λ̂ per plateau label versus theory,
 verdict counts, escaped checkpoints, chosen runs); llc.npz (``steps``, ``llc`` (runs, T) and
 ``stderr`` at the chosen checkpoints, ``runs``: their indices in the ensemble, plus losses,
-per-chain λ̂, the per-chain diagnostics (booleans ``non_finite``, ``escaped``, ``drifting``,
-``low_acceptance`` and their numbers) and ``usable``: what
+per-chain λ̂ (raw; ``llc`` and ``stderr`` are corrected under ``--llc-budget``), the per-chain
+diagnostics (booleans ``non_finite``, ``escaped``, ``drifting``, ``low_acceptance`` and their
+numbers) and ``usable``: what
 ``experiments.developmental_stages --llc DIR`` reads);
 trajectory.npz (sgd_plateaus layout) when trained here; opposing_staircases.png;
 loss_vs_complexity.png.
