@@ -591,15 +591,14 @@ def displacement(case: Case) -> float:
     return case.nbeta * float(gap)
 
 
-def llc_at_nbeta(case: Case, nbeta: float) -> float:
+def llc_at_nbeta(coefficient: exact.LearningCoefficient, nbeta: float, shift: float) -> float:
     r"""What λ̂ estimates at this nβ and centre, to first order (NaN if m is unknown):
     λ − (m − 1)/log nβ (from Z(t) ∝ t^−λ (log t)^(m−1)), less the finite data's
-    :func:`displacement` (the draws measure L_n from w*, not from the minimum they gather at)."""
-    coefficient = case.exact
+    :func:`displacement` `shift` (the draws measure L_n from w*, not from the minimum they gather
+    at)."""
     if coefficient.multiplicity is None:
         return float("nan")
-    offset = (coefficient.multiplicity - 1) / math.log(nbeta)
-    return coefficient.llc - offset - displacement(case)
+    return coefficient.llc - (coefficient.multiplicity - 1) / math.log(nbeta) - shift
 
 
 def estimate_case(
@@ -613,6 +612,8 @@ def estimate_case(
     num_runs = max(1, len(found.rounds))
     lam = case.exact.llc
     llc, stderr = found.llc, found.stderr
+    shift = displacement(case)
+    target = llc_at_nbeta(case.exact, settings.nbeta, shift)
     row = {
         "workload": f"DLN {case.label}",
         "tmsjax_s": run_s,
@@ -633,9 +634,9 @@ def estimate_case(
         "rel_error": (llc - lam) / lam,
         # What λ̂ estimates at this nβ and centre, to first order: the error against it is the
         # sampler's and the settings'.
-        "llc_at_nbeta": llc_at_nbeta(case, settings.nbeta),
-        "rel_error_at_nbeta": (llc - llc_at_nbeta(case, settings.nbeta)) / lam,
-        "displacement": displacement(case),
+        "llc_at_nbeta": target,
+        "rel_error_at_nbeta": (llc - target) / lam,
+        "displacement": shift,
         "verdict": found.verdict,
         # The last run before the correction, and the correction removed (a fraction of it).
         "llc_raw": float(result.llc),

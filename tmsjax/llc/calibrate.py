@@ -918,7 +918,7 @@ def corrected_llc(result: LLCResult) -> tuple[Any, Any]:
     per_chain = np.asarray(result.llc_per_chain, dtype=float)
     absolute = _absolute_bias(result)
     estimated = np.all(np.isfinite(absolute), axis=-1, keepdims=True)
-    per_chain = np.where(estimated, per_chain - np.where(estimated, absolute, 0.0), per_chain)
+    per_chain = per_chain - np.where(estimated, absolute, 0.0)
     num_chains = per_chain.shape[-1]
     mean = np.mean(per_chain, axis=-1)
     if num_chains > 1:
